@@ -1,0 +1,7 @@
+#include "kvlab/binary/schemas.hpp"
+
+namespace kvlab::binary {
+
+void register_schemas(core::SchemaRegistry& /*reg*/) {}
+
+}  // namespace kvlab::binary

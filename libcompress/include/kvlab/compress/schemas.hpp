@@ -1,0 +1,11 @@
+// Artifact kinds owned by libcompress, registered for `kvlab inspect --validate`.
+#pragma once
+
+#include "kvlab/core/schema.hpp"
+
+namespace kvlab::compress {
+
+/// Adds the schema of every artifact kind libcompress writes (none until its first writer lands).
+void register_schemas(core::SchemaRegistry& reg);
+
+}  // namespace kvlab::compress

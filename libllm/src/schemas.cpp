@@ -1,0 +1,7 @@
+#include "kvlab/llm/schemas.hpp"
+
+namespace kvlab::llm {
+
+void register_schemas(core::SchemaRegistry& /*reg*/) {}
+
+}  // namespace kvlab::llm
