@@ -1,5 +1,6 @@
 // The command table, global options, and the exception -> exit code mapping.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <csignal>
 #include <cstdlib>

@@ -1,6 +1,7 @@
 #include "kvlab/core/h5.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstring>

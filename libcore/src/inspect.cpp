@@ -1,6 +1,7 @@
 #include "kvlab/core/inspect.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <filesystem>
 #include <functional>

@@ -1,6 +1,7 @@
 #include "kvlab/core/schema.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 
