@@ -195,7 +195,9 @@ std::string BlasInfo::summary() const {
   if (is_reference()) return fmt::format("reference BLAS, slow ({})", blas_lib);
   if (!openblas_config.empty() && blas_lib.find("openblas") != std::string::npos)
     return fmt::format("{} ({})", openblas_config, blas_lib);
-  if (blas_lib.empty()) return "BLAS linked statically into LibTorch (MKL or OpenBLAS)";
+  if (blas_lib.empty() || blas_lib.find("libtorch") != std::string::npos)
+    return fmt::format("BLAS linked into LibTorch (MKL in PyPI builds) ({})",
+                       blas_lib.empty() ? "static" : blas_lib);
   return blas_lib;
 }
 

@@ -8,7 +8,9 @@ SRC="${KVLAB_SOURCE_DIR:?}"
 n_checks=0
 # Debian's python3 has h5py (python3-h5py, from install-deps.sh); a pyenv python3 first on PATH may not.
 PY=python3
-[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+for cand in /usr/bin/python3 python3; do
+  if "$cand" -c 'import h5py' 2>/dev/null; then PY=$cand; break; fi
+done
 
 fail() {
   echo "FAIL: $*" >&2
