@@ -23,6 +23,7 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"inspect", register_inspect, false},
       {"selfcheck", register_selfcheck, true},
+      {"snn-train", register_snn_train, true},
   };
   return table;
 }
