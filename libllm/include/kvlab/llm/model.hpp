@@ -1,0 +1,126 @@
+// The decoder-only transformer (Llama 2/3/3.1, Mistral, Qwen2) as a functional forward over ATen
+// tensors: RMSNorm, RoPE, GQA attention through the KV cache, SwiGLU MLP, tied or untied LM head.
+// Numerics follow transformers' eager implementation (RMSNorm in float32, softmax in float32) so
+// logits match it (tests/unit/llm/test_golden_logits.cpp).
+//
+// Linear layers are objects behind the abstract Linear interface, so binarize can swap in packed
+// 1-bit layers; Model::blocks() is a plain vector, so prune-blocks can remove blocks.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kvlab/llm/config.hpp"
+#include "kvlab/llm/kv_cache.hpp"
+#include "kvlab/llm/model_io.hpp"
+
+namespace kvlab::llm {
+
+/// y = x W^T (+ b). Implementations: DenseLinear here, packed binary layers in libbinary.
+class Linear {
+ public:
+  virtual ~Linear() = default;
+  virtual at::Tensor forward(const at::Tensor& x) const = 0;
+  virtual std::int64_t in_features() const = 0;
+  virtual std::int64_t out_features() const = 0;
+  virtual std::string kind() const = 0;  ///< "dense", ...
+  /// The layer as a dense [out, in] weight (dequantised for compressed layers), for export and
+  /// analysis.
+  virtual at::Tensor dense_weight() const = 0;
+  virtual std::optional<at::Tensor> bias() const { return std::nullopt; }
+  /// Bytes of parameters this layer holds.
+  virtual std::uint64_t bytes() const = 0;
+};
+
+class DenseLinear : public Linear {
+ public:
+  DenseLinear(at::Tensor weight, std::optional<at::Tensor> bias = std::nullopt);
+  at::Tensor forward(const at::Tensor& x) const override;
+  std::int64_t in_features() const override { return w_.size(1); }
+  std::int64_t out_features() const override { return w_.size(0); }
+  std::string kind() const override { return "dense"; }
+  at::Tensor dense_weight() const override { return w_; }
+  std::optional<at::Tensor> bias() const override;
+  std::uint64_t bytes() const override;
+
+ private:
+  at::Tensor w_, b_;
+};
+
+struct Block {
+  std::int64_t original_index = 0;  ///< index of this block in the original (unpruned) model
+  at::Tensor input_layernorm, post_attention_layernorm;  ///< [hidden]
+  std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
+  std::shared_ptr<Linear> gate_proj, up_proj, down_proj;
+};
+
+struct ModelOptions {
+  std::string device = "cpu";  ///< "cpu", "cuda", "cuda:N"
+  /// Compute dtype: "auto" (the checkpoint's), "float32", "bfloat16", "float16".
+  std::string dtype = "auto";
+};
+
+enum class LogitsMode { all, last, none };
+
+struct ForwardOptions {
+  LogitsMode logits = LogitsMode::all;
+  CachePolicy* policy = nullptr;  ///< nullptr: full attention
+  /// When set, receives the hidden state after every block ([B, T', C]; for prune-blocks).
+  std::vector<at::Tensor>* hidden_states = nullptr;
+};
+
+class Model {
+ public:
+  /// Builds the model from HF-named weights (copied to the device and dtype). Missing or
+  /// misshapen tensors: FormatError naming them; an unsupported dtype/device: UsageError.
+  static Model from_file(const ModelFile& f, const ModelOptions& o = {});
+
+  const ModelConfig& config() const { return cfg_; }
+  at::Device device() const { return device_; }
+  c10::ScalarType dtype() const { return dtype_; }
+  std::int64_t num_layers() const { return static_cast<std::int64_t>(blocks_.size()); }
+  std::vector<Block>& blocks() { return blocks_; }
+  const std::vector<Block>& blocks() const { return blocks_; }
+  /// Removes blocks by their current index (prune-blocks).
+  void remove_blocks(std::vector<std::int64_t> indices);
+  /// True when ids 0..255 are raw bytes (vocab 256..511 with no tokenizer; docs/generate.md).
+  bool byte_level() const;
+
+  /// An empty cache for `batch` sequences, on the model's device and dtype.
+  KVCache make_cache(std::int64_t batch, const KVCacheOptions& o = {}) const;
+
+  /// Runs T tokens per sequence through every block, appending their K/V to `cache`.
+  /// tokens, positions [B, T] int64 (any device); positions < 0 mark left padding. Positions must
+  /// increase along T. Returns float32 logits [B, T, V] (all), [B, V] (last) or an undefined
+  /// tensor (none). With token-selective propagation, T is what the policy kept.
+  at::Tensor forward(const at::Tensor& tokens, const at::Tensor& positions, KVCache& cache,
+                     const ForwardOptions& o = {}) const;
+
+  /// The weights under their HF names, on the CPU in the model's dtype, with the current block
+  /// list (renumbered) and original indices: what write_model / export-hf need.
+  ModelFile to_file() const;
+  /// Bytes of all parameters.
+  std::uint64_t weight_bytes() const;
+
+ private:
+  Model() = default;
+  at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;
+
+  ModelConfig cfg_;
+  at::Device device_{at::kCPU};
+  c10::ScalarType dtype_ = at::kFloat;
+  at::Tensor embed_, final_norm_, inv_freq_;
+  std::shared_ptr<Linear> lm_head_;
+  std::vector<Block> blocks_;
+};
+
+/// "float32" | "bfloat16" | "float16" -> scalar type; UsageError naming `what` otherwise.
+c10::ScalarType parse_dtype(const std::string& name, const std::string& what);
+const char* dtype_name(c10::ScalarType t);
+
+}  // namespace kvlab::llm

@@ -1,0 +1,304 @@
+#include "kvlab/llm/model.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+
+#include "kvlab/core/error.hpp"
+#include "kvlab/core/runtime.hpp"
+#include "kvlab/llm/attention.hpp"
+#include "kvlab/llm/rope.hpp"
+
+namespace kvlab::llm {
+
+// ---------------------------------------------------------------- Linear
+
+DenseLinear::DenseLinear(at::Tensor weight, std::optional<at::Tensor> bias)
+    : w_(std::move(weight)), b_(bias ? *bias : at::Tensor()) {
+  TORCH_CHECK(w_.dim() == 2, "DenseLinear: weight must be 2-D");
+}
+
+at::Tensor DenseLinear::forward(const at::Tensor& x) const { return at::linear(x, w_, b_); }
+
+std::optional<at::Tensor> DenseLinear::bias() const {
+  if (b_.defined()) return b_;
+  return std::nullopt;
+}
+
+std::uint64_t DenseLinear::bytes() const {
+  std::uint64_t n = static_cast<std::uint64_t>(w_.numel()) * w_.element_size();
+  if (b_.defined()) n += static_cast<std::uint64_t>(b_.numel()) * b_.element_size();
+  return n;
+}
+
+// ---------------------------------------------------------------- dtypes
+
+c10::ScalarType parse_dtype(const std::string& name, const std::string& what) {
+  if (name == "float32" || name == "fp32") return at::kFloat;
+  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
+  if (name == "float16" || name == "fp16") return at::kHalf;
+  KVLAB_THROW(UsageError, "{}: dtype \"{}\" is not supported; use float32, bfloat16 or float16",
+              what, name);
+}
+
+const char* dtype_name(c10::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    default: return "other";
+  }
+}
+
+// ---------------------------------------------------------------- Model
+
+namespace {
+
+at::Device to_device(const std::string& s) {
+  const core::DeviceSpec d = core::parse_device(s);
+  if (!d.cuda) return at::Device(at::kCPU);
+  core::check_device(d);
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(d.index));
+}
+
+// LibTorch 1.13 has no float16 matmul on the CPU: refuse early with a remedy instead of failing
+// deep inside the first forward.
+void check_dtype_supported(at::Device dev, c10::ScalarType t) {
+  if (t != at::kHalf || !dev.is_cpu()) return;
+  try {
+    at::Tensor a = at::ones({2, 2}, at::TensorOptions().dtype(at::kHalf));
+    (void)at::mm(a, a);
+  } catch (const std::exception&) {
+    KVLAB_THROW(UsageError,
+                "--dtype float16: this LibTorch has no float16 matrix multiply on the CPU; use "
+                "float32 or bfloat16 on the CPU, or float16 on CUDA");
+  }
+}
+
+}  // namespace
+
+Model Model::from_file(const ModelFile& f, const ModelOptions& o) {
+  Model m;
+  m.cfg_ = f.config;
+  m.cfg_.validate("model");
+  m.device_ = to_device(o.device);
+  if (o.dtype == "auto") {
+    const auto it = f.weights.find("model.embed_tokens.weight");
+    m.dtype_ = it != f.weights.end() ? it->second.scalar_type() : at::kFloat;
+    if (m.dtype_ != at::kFloat && m.dtype_ != at::kBFloat16 && m.dtype_ != at::kHalf)
+      m.dtype_ = at::kFloat;
+  } else {
+    m.dtype_ = parse_dtype(o.dtype, "--dtype");
+  }
+  check_dtype_supported(m.device_, m.dtype_);
+  const auto topt = at::TensorOptions().device(m.device_).dtype(m.dtype_);
+
+  // Every tensor the config expects, with its shape.
+  std::map<std::string, std::vector<std::int64_t>> expected;
+  for (const auto& [name, shape] : m.cfg_.expected_tensors()) expected[name] = shape;
+  auto get = [&](const std::string& name) {
+    const auto it = f.weights.find(name);
+    KVLAB_THROW_IF(it == f.weights.end(), FormatError,
+                   "model: weight \"{}\" is missing; the model file does not match its config "
+                   "(re-import it)",
+                   name);
+    const auto e = expected.find(name);
+    if (e != expected.end())
+      KVLAB_THROW_IF(it->second.sizes().vec() != e->second, FormatError,
+                     "model: weight \"{}\" has shape [{}] but the config implies [{}]", name,
+                     fmt::join(it->second.sizes(), ", "), fmt::join(e->second, ", "));
+    return it->second.to(topt).contiguous();
+  };
+  m.embed_ = get("model.embed_tokens.weight");
+  m.final_norm_ = get("model.norm.weight");
+  if (m.cfg_.tie_word_embeddings) m.lm_head_ = std::make_shared<DenseLinear>(m.embed_);
+  else m.lm_head_ = std::make_shared<DenseLinear>(get("lm_head.weight"));
+  for (std::int64_t i = 0; i < m.cfg_.num_hidden_layers; ++i) {
+    const std::string p = fmt::format("model.layers.{}.", i);
+    Block b;
+    b.original_index = i < static_cast<std::int64_t>(f.original_layer_indices.size())
+                           ? f.original_layer_indices[static_cast<std::size_t>(i)]
+                           : i;
+    b.input_layernorm = get(p + "input_layernorm.weight");
+    b.post_attention_layernorm = get(p + "post_attention_layernorm.weight");
+    auto lin = [&](const std::string& n, bool bias) {
+      std::optional<at::Tensor> bt;
+      if (bias) bt = get(p + n + ".bias");
+      return std::make_shared<DenseLinear>(get(p + n + ".weight"), bt);
+    };
+    const bool ab = m.cfg_.attention_bias;
+    b.q_proj = lin("self_attn.q_proj", ab);
+    b.k_proj = lin("self_attn.k_proj", ab);
+    b.v_proj = lin("self_attn.v_proj", ab);
+    b.o_proj = lin("self_attn.o_proj", false);
+    b.gate_proj = lin("mlp.gate_proj", false);
+    b.up_proj = lin("mlp.up_proj", false);
+    b.down_proj = lin("mlp.down_proj", false);
+    m.blocks_.push_back(std::move(b));
+  }
+  m.inv_freq_ = rope_inv_freq(m.cfg_).to(m.device_);
+  return m;
+}
+
+void Model::remove_blocks(std::vector<std::int64_t> indices) {
+  std::sort(indices.begin(), indices.end());
+  indices.erase(std::unique(indices.begin(), indices.end()), indices.end());
+  for (auto it = indices.rbegin(); it != indices.rend(); ++it) {
+    KVLAB_THROW_IF(*it < 0 || *it >= num_layers(), UsageError,
+                   "remove_blocks: block {} does not exist (the model has {})", *it, num_layers());
+    blocks_.erase(blocks_.begin() + *it);
+  }
+  cfg_.num_hidden_layers = num_layers();
+}
+
+bool Model::byte_level() const { return cfg_.vocab_size >= 256 && cfg_.vocab_size < 512; }
+
+KVCache Model::make_cache(std::int64_t batch, const KVCacheOptions& o) const {
+  return KVCache(cfg_, num_layers(), batch, at::TensorOptions().device(device_).dtype(dtype_), o);
+}
+
+at::Tensor Model::rms_norm(const at::Tensor& x, const at::Tensor& w) const {
+  // transformers' LlamaRMSNorm: float32 statistics, cast back, then scale.
+  at::Tensor h = x.to(at::kFloat);
+  at::Tensor var = h.pow(2).mean(-1, /*keepdim=*/true);
+  h = h * at::rsqrt(var + cfg_.rms_norm_eps);
+  return w * h.to(x.scalar_type());
+}
+
+at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positions_in,
+                          KVCache& cache, const ForwardOptions& o) const {
+  TORCH_CHECK(tokens_in.dim() == 2 && positions_in.sizes() == tokens_in.sizes(),
+              "Model::forward: tokens and positions must both be [B, T]");
+  TORCH_CHECK(cache.num_layers() == num_layers() && cache.batch() == tokens_in.size(0),
+              "Model::forward: cache has ", cache.num_layers(), " layers x batch ", cache.batch(),
+              ", model has ", num_layers(), " layers and the input batch is ", tokens_in.size(0));
+  const std::int64_t b = tokens_in.size(0);
+  const std::int64_t h_q = cfg_.num_attention_heads, h_kv = cfg_.num_key_value_heads,
+                     d = cfg_.head_dim;
+  {
+    at::Tensor tok_cpu = tokens_in.cpu();
+    const std::int64_t lo = tok_cpu.numel() ? tok_cpu.min().item<std::int64_t>() : 0;
+    const std::int64_t hi = tok_cpu.numel() ? tok_cpu.max().item<std::int64_t>() : 0;
+    KVLAB_THROW_IF(lo < 0 || hi >= cfg_.vocab_size, UsageError,
+                   "token id {} is outside the model's vocabulary [0, {})", lo < 0 ? lo : hi,
+                   cfg_.vocab_size);
+  }
+  at::Tensor pos_cpu = positions_in.to(at::kCPU, at::kLong);
+  const bool padded = pos_cpu.lt(0).any().item<bool>();
+  at::Tensor tokens = tokens_in.to(device_, at::kLong);
+  at::Tensor pos = pos_cpu.to(device_);
+  const Phase phase = tokens.size(1) == 1 ? Phase::decode : Phase::prefill;
+
+  at::Tensor x = at::embedding(embed_, tokens);  // [B, T, C]
+  RopeTables rt = rope_tables(inv_freq_, pos, dtype_);
+  for (std::int64_t li = 0; li < num_layers(); ++li) {
+    const Block& blk = blocks_[static_cast<std::size_t>(li)];
+    LayerKV& kv = cache.layer(li);
+    const std::int64_t t = x.size(1);
+    at::Tensor xn = rms_norm(x, blk.input_layernorm);
+    at::Tensor q = blk.q_proj->forward(xn).view({b, t, h_q, d}).transpose(1, 2);
+    at::Tensor k = blk.k_proj->forward(xn).view({b, t, h_kv, d}).transpose(1, 2);
+    at::Tensor v = blk.v_proj->forward(xn).view({b, t, h_kv, d}).transpose(1, 2);
+    q = apply_rope(q, rt).contiguous();
+    k = apply_rope(k, rt);
+    const bool empty_before = kv.length() == 0;
+    kv.append(k, v, pos, padded);
+
+    AttentionStep step;
+    step.layer = li;
+    step.phase = phase;
+    step.hidden = x;
+    step.q = q;
+    step.q_pos = pos;
+    step.kv = &kv;
+    step.config = &cfg_;
+    if (o.policy) o.policy->before_attention(step);
+    std::optional<at::Tensor> out;
+    if (o.policy) out = o.policy->attend(step);
+    if (!out) {
+      AttentionOptions ao;
+      ao.sliding_window = cfg_.sliding_window;
+      ao.queries_padded = padded;
+      ao.fresh = empty_before && kv.length() == t && !kv.has_holes();
+      out = attention(q, kv, pos, ao);
+    }
+    if (o.policy) o.policy->after_attention(step, *out);
+    at::Tensor attn = out->transpose(1, 2).reshape({b, t, h_q * d});
+    x = x + blk.o_proj->forward(attn);
+    at::Tensor xn2 = rms_norm(x, blk.post_attention_layernorm);
+    x = x + blk.down_proj->forward(at::silu(blk.gate_proj->forward(xn2)) *
+                                   blk.up_proj->forward(xn2));
+    if (o.policy) {
+      if (auto sel = o.policy->select_tokens(li, x, pos)) {
+        at::Tensor idx = sel->to(device_, at::kLong);
+        x = x.gather(1, idx.unsqueeze(-1).expand({b, idx.size(1), x.size(2)}));
+        pos = pos.gather(1, idx);
+        rt = rope_tables(inv_freq_, pos, dtype_);
+      }
+    }
+    if (o.hidden_states) o.hidden_states->push_back(x);
+  }
+
+  // Next position per sequence: one past the largest position it has seen.
+  std::vector<std::int64_t> next = cache.next_positions();
+  at::Tensor mx = std::get<0>(pos_cpu.max(1));
+  for (std::int64_t i = 0; i < b; ++i)
+    next[static_cast<std::size_t>(i)] =
+        std::max(next[static_cast<std::size_t>(i)], mx[i].item<std::int64_t>() + 1);
+  cache.set_next_positions(std::move(next));
+
+  at::Tensor logits;
+  if (o.logits != LogitsMode::none) {
+    at::Tensor hsel = o.logits == LogitsMode::last ? x.select(1, x.size(1) - 1) : x;
+    logits = lm_head_->forward(rms_norm(hsel, final_norm_)).to(at::kFloat);
+  }
+  if (o.policy) o.policy->after_forward(cache, phase);
+  return logits;
+}
+
+ModelFile Model::to_file() const {
+  ModelFile f;
+  f.config = cfg_;
+  f.config.num_hidden_layers = num_layers();
+  f.config.torch_dtype = dtype_name(dtype_);
+  auto put = [&](const std::string& n, const at::Tensor& t) { f.weights[n] = t.to(at::kCPU).contiguous(); };
+  put("model.embed_tokens.weight", embed_);
+  put("model.norm.weight", final_norm_);
+  if (!cfg_.tie_word_embeddings) put("lm_head.weight", lm_head_->dense_weight());
+  for (std::int64_t i = 0; i < num_layers(); ++i) {
+    const Block& b = blocks_[static_cast<std::size_t>(i)];
+    const std::string p = fmt::format("model.layers.{}.", i);
+    put(p + "input_layernorm.weight", b.input_layernorm);
+    put(p + "post_attention_layernorm.weight", b.post_attention_layernorm);
+    auto lin = [&](const std::string& n, const Linear& l) {
+      put(p + n + ".weight", l.dense_weight());
+      if (auto bias = l.bias()) put(p + n + ".bias", *bias);
+    };
+    lin("self_attn.q_proj", *b.q_proj);
+    lin("self_attn.k_proj", *b.k_proj);
+    lin("self_attn.v_proj", *b.v_proj);
+    lin("self_attn.o_proj", *b.o_proj);
+    lin("mlp.gate_proj", *b.gate_proj);
+    lin("mlp.up_proj", *b.up_proj);
+    lin("mlp.down_proj", *b.down_proj);
+    f.original_layer_indices.push_back(b.original_index);
+  }
+  return f;
+}
+
+std::uint64_t Model::weight_bytes() const {
+  auto nb = [](const at::Tensor& t) { return static_cast<std::uint64_t>(t.numel()) * t.element_size(); };
+  std::uint64_t n = nb(embed_) + nb(final_norm_);
+  if (!cfg_.tie_word_embeddings) n += lm_head_->bytes();
+  for (const Block& b : blocks_) {
+    n += nb(b.input_layernorm) + nb(b.post_attention_layernorm);
+    for (const auto* l : {&b.q_proj, &b.k_proj, &b.v_proj, &b.o_proj, &b.gate_proj, &b.up_proj,
+                          &b.down_proj})
+      n += (*l)->bytes();
+  }
+  return n;
+}
+
+}  // namespace kvlab::llm
