@@ -80,24 +80,21 @@ void check_dtype_supported(at::Device dev, c10::ScalarType t) {
 }  // namespace
 
 Model Model::from_file(const ModelFile& f, const ModelOptions& o) {
-  Model m;
-  m.cfg_ = f.config;
-  m.cfg_.validate("model");
-  m.device_ = to_device(o.device);
+  f.config.validate("model");
+  const at::Device dev = to_device(o.device);
+  c10::ScalarType dtype = at::kFloat;
   if (o.dtype == "auto") {
     const auto it = f.weights.find("model.embed_tokens.weight");
-    m.dtype_ = it != f.weights.end() ? it->second.scalar_type() : at::kFloat;
-    if (m.dtype_ != at::kFloat && m.dtype_ != at::kBFloat16 && m.dtype_ != at::kHalf)
-      m.dtype_ = at::kFloat;
+    dtype = it != f.weights.end() ? it->second.scalar_type() : at::kFloat;
+    if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) dtype = at::kFloat;
   } else {
-    m.dtype_ = parse_dtype(o.dtype, "--dtype");
+    dtype = parse_dtype(o.dtype, "--dtype");
   }
-  check_dtype_supported(m.device_, m.dtype_);
-  const auto topt = at::TensorOptions().device(m.device_).dtype(m.dtype_);
-
+  check_dtype_supported(dev, dtype);
+  const auto topt = at::TensorOptions().device(dev).dtype(dtype);
   // Every tensor the config expects, with its shape.
   std::map<std::string, std::vector<std::int64_t>> expected;
-  for (const auto& [name, shape] : m.cfg_.expected_tensors()) expected[name] = shape;
+  for (const auto& [name, shape] : f.config.expected_tensors()) expected[name] = shape;
   auto get = [&](const std::string& name) {
     const auto it = f.weights.find(name);
     KVLAB_THROW_IF(it == f.weights.end(), FormatError,
@@ -111,6 +108,32 @@ Model Model::from_file(const ModelFile& f, const ModelOptions& o) {
                      fmt::join(it->second.sizes(), ", "), fmt::join(e->second, ", "));
     return it->second.to(topt).contiguous();
   };
+  return build(f.config, dev, dtype, f.original_layer_indices, get);
+}
+
+Model Model::random(const ModelConfig& cfg, const ModelOptions& o, std::uint64_t seed) {
+  cfg.validate("model");
+  const at::Device dev = to_device(o.device);
+  const c10::ScalarType dtype = o.dtype == "auto" ? at::kBFloat16 : parse_dtype(o.dtype, "--dtype");
+  check_dtype_supported(dev, dtype);
+  const auto topt = at::TensorOptions().device(dev).dtype(dtype);
+  std::map<std::string, std::vector<std::int64_t>> expected;
+  for (const auto& [name, shape] : cfg.expected_tensors()) expected[name] = shape;
+  at::manual_seed(seed);
+  auto get = [&](const std::string& name) {
+    const auto& shape = expected.at(name);
+    if (name.find("norm") != std::string::npos) return at::ones(shape, topt);
+    return at::randn(shape, topt) * 0.02;
+  };
+  return build(cfg, dev, dtype, {}, get);
+}
+
+Model Model::build(const ModelConfig& cfg, at::Device dev, c10::ScalarType dtype,
+                   const std::vector<std::int64_t>& original, const Getter& get) {
+  Model m;
+  m.cfg_ = cfg;
+  m.device_ = dev;
+  m.dtype_ = dtype;
   m.embed_ = get("model.embed_tokens.weight");
   m.final_norm_ = get("model.norm.weight");
   if (m.cfg_.tie_word_embeddings) m.lm_head_ = std::make_shared<DenseLinear>(m.embed_);
@@ -118,8 +141,8 @@ Model Model::from_file(const ModelFile& f, const ModelOptions& o) {
   for (std::int64_t i = 0; i < m.cfg_.num_hidden_layers; ++i) {
     const std::string p = fmt::format("model.layers.{}.", i);
     Block b;
-    b.original_index = i < static_cast<std::int64_t>(f.original_layer_indices.size())
-                           ? f.original_layer_indices[static_cast<std::size_t>(i)]
+    b.original_index = i < static_cast<std::int64_t>(original.size())
+                           ? original[static_cast<std::size_t>(i)]
                            : i;
     b.input_layernorm = get(p + "input_layernorm.weight");
     b.post_attention_layernorm = get(p + "post_attention_layernorm.weight");

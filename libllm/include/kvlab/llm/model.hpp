@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -79,6 +80,9 @@ class Model {
   /// Builds the model from HF-named weights (copied to the device and dtype). Missing or
   /// misshapen tensors: FormatError naming them; an unsupported dtype/device: UsageError.
   static Model from_file(const ModelFile& f, const ModelOptions& o = {});
+  /// A model of this configuration with random weights made directly on the device (normal,
+  /// std 0.02; norms 1): for benchmarks, where no checkpoint is needed.
+  static Model random(const ModelConfig& cfg, const ModelOptions& o, std::uint64_t seed);
 
   const ModelConfig& config() const { return cfg_; }
   at::Device device() const { return device_; }
@@ -109,6 +113,9 @@ class Model {
 
  private:
   Model() = default;
+  using Getter = std::function<at::Tensor(const std::string& name)>;
+  static Model build(const ModelConfig& cfg, at::Device dev, c10::ScalarType dtype,
+                     const std::vector<std::int64_t>& original, const Getter& get);
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;
 
   ModelConfig cfg_;

@@ -1,0 +1,50 @@
+// Token-id files for eval, kv-eval and the other LLM commands: nanoGPT's raw .bin (uint16 or
+// uint32), NumPy .npy (integer, C order), an integer HDF5 dataset, and raw UTF-8 text for
+// byte-level models (id = byte value). Every reader validates sizes, types and the id range
+// against the model's vocabulary and throws kvlab::FormatError naming the file otherwise.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace kvlab::llm {
+
+enum class TokenFileFormat { automatic, bin_u16, bin_u32, npy, hdf5, text };
+
+/// CLI names: "auto", "bin-u16", "bin-u32", "npy", "h5", "text".
+const std::map<std::string, TokenFileFormat>& token_file_format_names();
+const char* token_file_format_name(TokenFileFormat f);
+
+struct TokenFileOptions {
+  TokenFileFormat format = TokenFileFormat::automatic;
+  std::string dataset = "tokens";  ///< HDF5 dataset path (when the file has several)
+};
+
+struct TokenData {
+  at::Tensor ids;  ///< int64, 1-D (2-D files are flattened row by row) or 2-D with keep_rows
+  TokenFileFormat format = TokenFileFormat::automatic;  ///< the format actually read
+  std::string path;
+  std::vector<std::int64_t> shape;  ///< as stored
+};
+
+/// Reads token ids. `vocab_size` > 0 checks every id is in [0, vocab_size); `byte_level` says the
+/// model reads raw bytes (text files are refused otherwise). Automatic format: .bin -> uint16 when
+/// vocab_size <= 65536 else uint32; .npy; .h5/.hdf5 (or the HDF5 signature); .txt/.text/.md or
+/// any other file -> text.
+TokenData read_tokens(const std::filesystem::path& path, const TokenFileOptions& opt,
+                      std::int64_t vocab_size, bool byte_level);
+
+/// Bytes of a UTF-8 string as ids 0..255, and back (ids >= 256 are special tokens and skipped).
+std::vector<std::int64_t> bytes_to_ids(const std::string& s);
+std::string ids_to_bytes(const std::vector<std::int64_t>& ids);
+
+/// Writes a 1-D int64 array as .npy (tests and scripts).
+void write_npy_i64(const std::filesystem::path& path, const std::vector<std::int64_t>& v,
+                   const std::vector<std::int64_t>& shape = {});
+
+}  // namespace kvlab::llm
