@@ -23,6 +23,9 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"inspect", register_inspect, false},
       {"selfcheck", register_selfcheck, true},
+      {"import-hf", register_import_hf, true},
+      {"import-gguf", register_import_gguf, true},
+      {"export-hf", register_export_hf, true},
       {"snn-train", register_snn_train, true},
   };
   return table;

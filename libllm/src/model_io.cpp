@@ -10,6 +10,7 @@
 #include <set>
 
 #include "kvlab/core/error.hpp"
+#include "kvlab/core/schema.hpp"
 #include "kvlab/core/tensor_io.hpp"
 
 namespace kvlab::llm {
@@ -190,6 +191,46 @@ ModelFile read_model(const std::filesystem::path& path) {
     m.weights[name] = core::read_tensor(w, name);
   }
   return m;
+}
+
+// ------------------------------------------------------------------------------- schema --
+
+void add_model_schema(core::SchemaRegistry& reg) {
+  core::Schema s;
+  s.kind = kModelKind;
+  s.min_version = 1;
+  s.max_version = kModelFormatVersion;
+  s.doc = "docs/formats/model.md";
+  using core::AttrType;
+  for (const char* a : {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                        "num_attention_heads", "num_key_value_heads", "head_dim",
+                        "max_position_embeddings", "rope_scaling_original_max_position_embeddings",
+                        "tie_word_embeddings", "attention_bias", "sliding_window", "bos_token_id"})
+    s.params.push_back({a, AttrType::integer});
+  for (const char* a : {"rms_norm_eps", "rope_theta", "rope_scaling_factor",
+                        "rope_scaling_low_freq_factor", "rope_scaling_high_freq_factor"})
+    s.params.push_back({a, AttrType::number});
+  for (const char* a : {"arch", "rope_scaling_type", "torch_dtype", "dtype", "hf_config"})
+    s.params.push_back({a, AttrType::string});
+  s.params.push_back({"eos_token_ids", AttrType::integers});
+  s.params.push_back({"original_layer_indices", AttrType::integers});
+  s.datasets = {{"weights/*", {h5::DType::f32, h5::DType::bf16, h5::DType::f16}, -1}};
+  s.check = [](const core::ArtifactReader& r, std::vector<std::string>& problems) {
+    try {
+      const ModelConfig c = read_model_config(r.params());
+      const h5::Group w = r.root().group("weights");
+      std::map<std::string, std::vector<std::int64_t>> shapes;
+      for (const auto& name : w.children()) shapes[name] = w.info(name).shape;
+      check_model_tensors(c, shapes, "/weights");
+      const auto layers = int_list(r.params(), "original_layer_indices");
+      if (static_cast<std::int64_t>(layers.size()) != c.num_hidden_layers)
+        problems.push_back(fmt::format("original_layer_indices has {} entries for {} layers",
+                                       layers.size(), c.num_hidden_layers));
+    } catch (const Error& e) {
+      problems.push_back(e.what());
+    }
+  };
+  reg.add(std::move(s));
 }
 
 // ------------------------------------------------------------------------------ writing --

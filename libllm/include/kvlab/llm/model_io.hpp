@@ -22,6 +22,7 @@
 
 #include "kvlab/core/artifact.hpp"
 #include "kvlab/core/h5.hpp"
+#include "kvlab/core/schema.hpp"
 #include "kvlab/llm/config.hpp"
 
 namespace kvlab::llm {
@@ -64,6 +65,10 @@ ModelConfig read_model_config(const h5::Group& params);
 void check_model_tensors(const ModelConfig& c,
                          const std::map<std::string, std::vector<std::int64_t>>& shapes,
                          const std::string& where);
+
+/// Registers the `model` schema (for `kvlab inspect --validate`): the /params attributes of
+/// docs/formats/model.md and /weights matching the config.
+void add_model_schema(core::SchemaRegistry& reg);
 
 /// Streaming writer of a `model` artifact: one tensor at a time, so importers keep peak memory at
 /// one tensor rather than one model. Nothing appears at `path` until commit(), which also checks
