@@ -23,6 +23,7 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"inspect", register_inspect, false},
       {"selfcheck", register_selfcheck, true},
+      {"bnn-train", register_bnn_train, true},
       {"import-hf", register_import_hf, true},
       {"import-gguf", register_import_gguf, true},
       {"export-hf", register_export_hf, true},
