@@ -96,7 +96,8 @@ void register_snn_train(CLI::App& app, GlobalOptions& global) {
             {"seconds", r.seconds}}.dump(2));
       } else {
         fmt::print("{} {} on {}: accuracy {:.4f} (count {:.4f}, first {:.4f}), spikes/sample "
-                   "{:.1f} ({:.1f} before the decision), latency {:.2f} steps, {} test samples -> {}\n", snn::rule_name(o.rule), snn::loss_name(o.loss.kind), r.dataset,
+                   "{:.1f} ({:.1f} before the decision), latency {:.2f} steps, {} test samples "
+                   "-> {}\n", snn::rule_name(o.rule), snn::loss_name(o.loss.kind), r.dataset,
                    m.accuracy, m.accuracy_count, m.accuracy_first, m.spikes_per_sample,
                    m.necessary_spikes_per_sample, m.latency_mean, m.samples, args->output);
       }
