@@ -21,6 +21,10 @@ struct PackedWeights {
   std::int64_t out = 0, in = 0, kh = 1, kw = 1;
   std::int64_t words = 0;             ///< 64-bit words per (tap) channel vector: ceil(in / 64)
   std::vector<std::uint64_t> bits;    ///< [out][kh][kw][words]
+  /// The same bits transposed to [kh][kw][words][out_pad] (out padded to a multiple of 32 with
+  /// zero words) for the AVX-512 kernel, which vectorises over output channels.
+  std::int64_t out_pad = 0;
+  std::vector<std::uint64_t> bits_t;
 };
 
 /// Packs a float weight tensor [out, in, kh, kw] (or [out, in] for linear) by sign (w >= 0 -> 1).
@@ -40,7 +44,7 @@ at::Tensor binary_conv2d_packed(const at::Tensor& x_packed, std::int64_t channel
 at::Tensor binary_linear_packed(const at::Tensor& x_packed, std::int64_t features,
                                 const PackedWeights& w);
 
-/// Which popcount the kernels use on this CPU ("hardware popcnt" or "portable").
+/// Which kernel runs on this CPU ("avx512 vpopcntdq", "hardware popcnt" or "portable").
 const char* popcount_kind();
 
 }  // namespace kvlab::binary
