@@ -28,6 +28,9 @@ const std::vector<Command>& commands() {
       {"import-gguf", register_import_gguf, true},
       {"export-hf", register_export_hf, true},
       {"snn-train", register_snn_train, true},
+      {"eval", register_eval, true},
+      {"generate", register_generate, false},
+      {"bench-decode", register_bench_decode, false},
   };
   return table;
 }

@@ -73,5 +73,8 @@ void register_import_hf(CLI::App& app, GlobalOptions& global);
 void register_import_gguf(CLI::App& app, GlobalOptions& global);
 void register_export_hf(CLI::App& app, GlobalOptions& global);
 void register_snn_train(CLI::App& app, GlobalOptions& global);
+void register_eval(CLI::App& app, GlobalOptions& global);
+void register_generate(CLI::App& app, GlobalOptions& global);
+void register_bench_decode(CLI::App& app, GlobalOptions& global);
 
 }  // namespace kvlab::cli

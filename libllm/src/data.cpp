@@ -224,6 +224,24 @@ TokenData read_tokens(const fs::path& path, const TokenFileOptions& opt, std::in
   return d;
 }
 
+std::vector<std::int64_t> parse_id_list(const std::string& s, const std::string& what) {
+  std::vector<std::int64_t> out;
+  std::size_t i = 0;
+  while (i < s.size()) {
+    while (i < s.size() && (s[i] == ' ' || s[i] == ',')) ++i;
+    if (i == s.size()) break;
+    std::size_t j = i;
+    while (j < s.size() && s[j] >= '0' && s[j] <= '9') ++j;
+    KVLAB_THROW_IF(j == i || j - i > 12 || (j < s.size() && s[j] != ',' && s[j] != ' '), UsageError,
+                   "{} \"{}\": expected comma-separated non-negative token ids, e.g. 1,450,2",
+                   what, s);
+    out.push_back(std::stoll(s.substr(i, j - i)));
+    i = j;
+  }
+  KVLAB_THROW_IF(out.empty(), UsageError, "{} \"{}\": no token id given", what, s);
+  return out;
+}
+
 void write_npy_i64(const fs::path& path, const std::vector<std::int64_t>& v,
                    const std::vector<std::int64_t>& shape_in) {
   std::vector<std::int64_t> shape = shape_in.empty() ? std::vector<std::int64_t>{static_cast<std::int64_t>(v.size())} : shape_in;

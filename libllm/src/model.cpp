@@ -165,6 +165,13 @@ Model Model::build(const ModelConfig& cfg, at::Device dev, c10::ScalarType dtype
   return m;
 }
 
+Model load_model(const std::filesystem::path& path, const ModelOptions& o,
+                 core::ArtifactHeader* header) {
+  ModelFile f = read_model(path);
+  if (header) *header = f.header;
+  return Model::from_file(f, o);
+}
+
 void Model::remove_blocks(std::vector<std::int64_t> indices) {
   std::sort(indices.begin(), indices.end());
   indices.erase(std::unique(indices.begin(), indices.end()), indices.end());

@@ -43,6 +43,9 @@ TokenData read_tokens(const std::filesystem::path& path, const TokenFileOptions&
 std::vector<std::int64_t> bytes_to_ids(const std::string& s);
 std::string ids_to_bytes(const std::vector<std::int64_t>& ids);
 
+/// "1,450, 2" -> {1, 450, 2}; UsageError naming `what` on anything else.
+std::vector<std::int64_t> parse_id_list(const std::string& s, const std::string& what);
+
 /// Writes a 1-D int64 array as .npy (tests and scripts).
 void write_npy_i64(const std::filesystem::path& path, const std::vector<std::int64_t>& v,
                    const std::vector<std::int64_t>& shape = {});

@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -125,6 +126,11 @@ class Model {
   std::shared_ptr<Linear> lm_head_;
   std::vector<Block> blocks_;
 };
+
+/// Reads a `model` artifact (read_model: kind, version and tensors checked) and builds the model
+/// on the device; `header` receives the artifact's header for provenance.
+Model load_model(const std::filesystem::path& path, const ModelOptions& o,
+                 core::ArtifactHeader* header = nullptr);
 
 /// "float32" | "bfloat16" | "float16" -> scalar type; UsageError naming `what` otherwise.
 c10::ScalarType parse_dtype(const std::string& name, const std::string& what);
