@@ -284,6 +284,45 @@ void lif_backward_scan(const at::Tensor& h, at::Tensor du, const NeuronOptions& 
   }
 }
 
+// LIF BPTT with the surrogate fused in (CPU): dU[t] = sigma'(U[t] - theta) dL/dS[t] + beta dU[t+1].
+// Returns false when the fast path does not apply.
+bool lif_backward_fused(const at::Tensor& u, const at::Tensor& dl_ds, at::Tensor du,
+                        const NeuronOptions& n) {
+  if (!(cpu_fast(u) && cpu_fast(dl_ds) && cpu_fast(du))) return false;
+  const std::int64_t T = u.size(0);
+  const std::int64_t BN = u.numel() / std::max<std::int64_t>(T, 1);
+  const float beta = static_cast<float>(n.lif_beta), th = static_cast<float>(n.threshold);
+  const float ka = static_cast<float>(M_PI / 2 * n.atan_alpha), ha = static_cast<float>(n.atan_alpha / 2);
+  const float slope = static_cast<float>(n.fast_sigmoid_slope);
+  const float sa = static_cast<float>(n.surr_alpha), sb = static_cast<float>(n.surr_beta);
+  const Surrogate kind = n.surrogate;
+  const float *U = u.data_ptr<float>(), *G = dl_ds.data_ptr<float>();
+  float* D = du.data_ptr<float>();
+  at::parallel_for(0, BN, kGrain, [&](std::int64_t j0, std::int64_t j1) {
+    std::vector<float> c(static_cast<std::size_t>(j1 - j0), 0.f);
+    for (std::int64_t t = T - 1; t >= 0; --t) {
+      const std::int64_t o = t * BN;
+      for (std::int64_t j = j0; j < j1; ++j) {
+        const float x = U[o + j] - th;
+        float sg;
+        if (kind == Surrogate::atan) {
+          const float z = ka * x;
+          sg = ha / (1.f + z * z);
+        } else if (kind == Surrogate::fast_sigmoid) {
+          const float z = slope * std::fabs(x) + 1.f;
+          sg = 1.f / (z * z);
+        } else {
+          sg = sa * std::exp(-sb * std::fabs(x));
+        }
+        const std::size_t k = static_cast<std::size_t>(j - j0);
+        c[k] = sg * G[o + j] + beta * c[k];
+        D[o + j] = c[k];
+      }
+    }
+  });
+  return true;
+}
+
 // [T, B, in] x W[out, in]^T -> [T, B, out]
 at::Tensor synaptic(const at::Tensor& s, const at::Tensor& w) {
   const auto T = s.size(0), B = s.size(1);
@@ -414,12 +453,15 @@ Gradients backward(const Network& net, const ForwardResult& fw, const at::Tensor
     at::Tensor drive_grad;  // dL/d(synaptic input) per step, [term, B, N]
     at::Tensor ef2;
     if (lif) {
-      at::Tensor h = dl_ds.defined() ? lif_surrogate_grad(tr.v - n.threshold, n) * dl_ds
-                                     : at::zeros_like(tr.v);
-      h = h.contiguous();
-      if (opt.keep_intermediates) gr.dl_dv[li] = h;
-      at::Tensor du = at::empty_like(h);
-      lif_backward_scan(h, du, n);
+      at::Tensor du = at::empty_like(tr.v);
+      if (opt.keep_intermediates || !dl_ds.defined() ||
+          !lif_backward_fused(tr.v.contiguous(), dl_ds, du, n)) {
+        at::Tensor h = dl_ds.defined() ? lif_surrogate_grad(tr.v - n.threshold, n) * dl_ds
+                                       : at::zeros_like(tr.v);
+        h = h.contiguous();
+        if (opt.keep_intermediates) gr.dl_dv[li] = h;
+        lif_backward_scan(h, du, n);
+      }
       drive_grad = du;
       gr.weight[li] = at::matmul(du.reshape({-1, N}).t(), s_in.reshape({-1, In}));
       gr.bias[li] = du.sum(at::IntArrayRef{0, 1});
