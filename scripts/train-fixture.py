@@ -129,6 +129,9 @@ def main():
     ap.add_argument("--eval-passkeys", type=int, default=200)
     ap.add_argument("--save-dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--time-limit", type=float, default=0.0,
+                    help="seconds of training (0: none); the cosine schedule then follows whichever of "
+                         "steps or time is further along, so a time-limited run still anneals")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -151,9 +154,17 @@ def main():
     nparam = sum(p.numel() for p in model.parameters())
     print(f"model: {args.layers} blocks, hidden {args.hidden}, {nparam / 1e6:.2f} M parameters; train {len(train)} bytes, held-out {len(held)} bytes", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
-    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     t0 = time.time()
+
+    def progress(s):  # fraction of the run done: by steps, or by time when --time-limit is set
+        p = s / args.steps
+        if args.time_limit > 0:
+            p = max(p, (time.time() - t0) / args.time_limit)
+        return min(1.0, p)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * progress(s))))
+    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    done_steps = 0
     for step in range(1, args.steps + 1):
         x, w = make_batch(train, train, args, rng, device)
         with amp:
@@ -166,6 +177,10 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        done_steps = step
+        if args.time_limit > 0 and time.time() - t0 >= args.time_limit:
+            print(f"step {step}: time limit {args.time_limit:.0f} s reached, loss {loss.item():.4f}", flush=True)
+            break
         if step % 50 == 0 or step == args.steps:
             print(f"step {step}/{args.steps} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f} s", flush=True)
         if step % args.eval_every == 0 and step != args.steps:
@@ -181,7 +196,7 @@ def main():
               "heldout_window": eval_len, "uniform_ppl": 256, "passkey_accuracy": acc,
               "passkey_examples": args.eval_passkeys,
               "passkey_context_bytes": [lo, hi],
-              "parameters": nparam, "steps": args.steps, "args": vars(args)}
+              "parameters": nparam, "steps": done_steps, "train_seconds": round(time.time() - t0), "args": vars(args)}
     print(json.dumps(report, indent=1))
     model.to(getattr(torch, args.save_dtype)).save_pretrained(args.out, safe_serialization=True)
     for extra in ("generation_config.json",):
