@@ -1,6 +1,7 @@
 #include "kvlab/llm/import_export.hpp"
 
-#include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <unistd.h>
@@ -8,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <regex>
 #include <set>
 
@@ -37,14 +39,56 @@ bool is_weight_dtype(h5::DType t) {
   return t == h5::DType::f32 || t == h5::DType::bf16 || t == h5::DType::f16;
 }
 
-/// Converts a row-major buffer between weight dtypes (through LibTorch's exact rounding).
-void convert(std::vector<char>& buf, h5::DType from, h5::DType to, std::int64_t numel) {
-  if (from == to) return;
-  at::Tensor src = at::from_blob(buf.data(), {numel},
-                                 at::TensorOptions().dtype(core::torch_dtype(from)));
-  at::Tensor dst = src.to(core::torch_dtype(to)).contiguous();
-  buf.resize(static_cast<std::size_t>(numel) * h5::dtype_size(to));
-  std::memcpy(buf.data(), dst.data_ptr(), buf.size());
+float load_float(h5::DType t, const char* p, std::size_t i) {
+  switch (t) {
+    case h5::DType::bf16: {
+      c10::BFloat16 v;
+      std::memcpy(&v, p + 2 * i, 2);
+      return static_cast<float>(v);
+    }
+    case h5::DType::f16: {
+      c10::Half v;
+      std::memcpy(&v, p + 2 * i, 2);
+      return static_cast<float>(v);
+    }
+    default: {
+      float v;
+      std::memcpy(&v, p + 4 * i, 4);
+      return v;
+    }
+  }
+}
+
+void store_float(h5::DType t, char* p, std::size_t i, float x) {
+  switch (t) {
+    case h5::DType::bf16: {
+      const c10::BFloat16 v(x);  // round to nearest even, as LibTorch's .to(kBFloat16)
+      std::memcpy(p + 2 * i, &v, 2);
+      return;
+    }
+    case h5::DType::f16: {
+      const c10::Half v(x);
+      std::memcpy(p + 2 * i, &v, 2);
+      return;
+    }
+    default: std::memcpy(p + 4 * i, &x, 4);
+  }
+}
+
+/// Converts a row-major buffer between weight dtypes and hands the result to `sink`. Narrowing
+/// (f32 -> bf16/f16) happens in place, so a conversion costs no second buffer; widening needs one.
+void convert(char* buf, h5::DType from, h5::DType to, std::int64_t numel,
+             const std::function<void(const void*, std::size_t)>& sink) {
+  const auto n = static_cast<std::size_t>(numel);
+  if (from == to) return sink(buf, n * h5::dtype_size(from));
+  if (h5::dtype_size(to) <= h5::dtype_size(from)) {
+    // Element i is read before it is written, and writes never run ahead of unread elements.
+    for (std::size_t i = 0; i < n; ++i) store_float(to, buf, i, load_float(from, buf, i));
+    return sink(buf, n * h5::dtype_size(to));
+  }
+  std::vector<char> out(n * h5::dtype_size(to));
+  for (std::size_t i = 0; i < n; ++i) store_float(to, out.data(), i, load_float(from, buf, i));
+  sink(out.data(), out.size());
 }
 
 std::string read_text(const fs::path& p) {
@@ -124,11 +168,12 @@ ImportResult import_hf(const fs::path& dir, const fs::path& out, const ImportHfO
     buf.resize(static_cast<std::size_t>(t->nbytes()));
     ck.read_raw(name, buf.data());
     const h5::DType dt = to ? *to : *t->type;
-    convert(buf, *t->type, dt, h5::numel(shape));
-    w.add(name, dt, shape, buf.data());
+    convert(buf.data(), *t->type, dt, h5::numel(shape), [&](const void* p, std::size_t n) {
+      w.add(name, dt, shape, p);
+      r.bytes_written += n;
+    });
     dtypes.insert(h5::dtype_name(dt));
     r.parameters += h5::numel(shape);
-    r.bytes_written += buf.size();
     progress.update(++r.tensors);
   }
   progress.end();
@@ -395,13 +440,11 @@ ImportResult import_gguf(const fs::path& file, const fs::path& out, const Import
       gguf_unpermute_rows(x.data(), shape[0], shape[1], c.num_attention_heads);
     else if (name.find("self_attn.k_proj.weight") != std::string::npos)
       gguf_unpermute_rows(x.data(), shape[0], shape[1], c.num_key_value_heads);
-    std::vector<char> buf(x.size() * sizeof(float));
-    std::memcpy(buf.data(), x.data(), buf.size());
-    x = {};
-    convert(buf, h5::DType::f32, *to, h5::numel(shape));
-    w.add(name, *to, shape, buf.data());
+    convert(reinterpret_cast<char*>(x.data()), h5::DType::f32, *to, h5::numel(shape), [&](const void* p, std::size_t n) {
+      w.add(name, *to, shape, p);
+      r.bytes_written += n;
+    });
     r.parameters += h5::numel(shape);
-    r.bytes_written += buf.size();
     progress.update(++r.tensors);
   }
   progress.end();
