@@ -453,7 +453,7 @@ namespace {
 inline float fp16(const unsigned char* p) {
   std::uint16_t h;
   std::memcpy(&h, p, 2);
-  return c10::detail::fp16_ieee_to_fp32_value(h);
+  return static_cast<float>(c10::Half(h, c10::Half::from_bits()));  // exact
 }
 
 inline void get_scale_min_k4(int j, const unsigned char* q, std::uint8_t* d, std::uint8_t* m) {
