@@ -2,6 +2,7 @@
 #include "kvlab/core/checkpoint.hpp"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <fmt/ranges.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -69,7 +70,7 @@ void load_named_tensors(const NamedTensors& src, const NamedTensors& dst, const 
                    "{}: tensor \"{}\" has shape {} but the model expects {}; the file was written "
                    "for a different architecture or width",
                    file, n, fmt::join(s.sizes(), "x"), fmt::join(t.sizes(), "x"));
-    at::NoGradGuard ng;
+    c10::NoGradGuard ng;
     t.copy_(s.to(t.scalar_type()));
     by_name.erase(it);
   }
