@@ -27,6 +27,7 @@ const std::vector<Command>& commands() {
       {"import-hf", register_import_hf, true},
       {"import-gguf", register_import_gguf, true},
       {"export-hf", register_export_hf, true},
+      {"pim-compile", register_pim_compile, true},
       {"snn-train", register_snn_train, true},
       {"eval", register_eval, true},
       {"generate", register_generate, false},
