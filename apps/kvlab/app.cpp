@@ -2,7 +2,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <cerrno>
 #include <csignal>
+#include <limits>
 #include <cstdlib>
 #include <iostream>
 
@@ -23,11 +25,11 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"inspect", register_inspect, false},
       {"selfcheck", register_selfcheck, true},
-      {"bnn-train", register_bnn_train, true},
       {"import-hf", register_import_hf, true},
       {"import-gguf", register_import_gguf, true},
       {"export-hf", register_export_hf, true},
       {"pim-compile", register_pim_compile, true},
+      {"bnn-train", register_bnn_train, true},
       {"snn-train", register_snn_train, true},
       {"eval", register_eval, true},
       {"generate", register_generate, false},
@@ -72,7 +74,24 @@ void on_stop_signal(int sig) {
 
 }  // namespace
 
+namespace {
+// CLI11 versions differ in whether a malformed KVLAB_* value is an error; make it one everywhere.
+void check_env_integer(const char* name, long lo, long hi) {
+  const char* s = std::getenv(name);
+  if (!s || !*s) return;
+  char* end = nullptr;
+  errno = 0;
+  const long v = std::strtol(s, &end, 10);
+  KVLAB_THROW_IF(errno != 0 || !end || *end != '\0' || v < lo || v > hi, UsageError,
+                 "{}={}: expected an integer in [{}, {}]", name, s, lo, hi);
+}
+}  // namespace
+
 void GlobalOptions::apply() {
+  check_env_integer("KVLAB_THREADS", 0, 4096);
+  check_env_integer("KVLAB_SEED", 0, std::numeric_limits<long>::max());
+  KVLAB_THROW_IF(progress != "auto" && progress != "bar" && progress != "lines" && progress != "none",
+                 UsageError, "--progress {}: expected auto, bar, lines or none", progress);
   log::Level lvl;
   KVLAB_THROW_IF(!log::parse_level(log_level, lvl), UsageError,
                  "--log-level {}: expected debug, info, warn, error or off", log_level);

@@ -92,7 +92,10 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                  .expand({b, hk, g, t, l})
                  .reshape({b, hk, g * t, l});
     }
-    at::Tensor o = at::scaled_dot_product_attention(qs, k, v, mask, 0.0, false, scale);
+    // An undefined tensor is not "no mask" for LibTorch >= 2.x's checks: pass an empty optional.
+    const c10::optional<at::Tensor> attn_mask =
+        mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt;
+    at::Tensor o = at::scaled_dot_product_attention(qs, k, v, attn_mask, 0.0, false, scale);
     return o.view({b, h, t, d});
   }
 #endif
