@@ -73,6 +73,8 @@ void register_bnn_train(CLI::App& app, GlobalOptions& global) {
 
   cmd->callback([a, &global] {
     global.action = [a, &global] {
+      KVLAB_THROW_IF(global.dev.cuda, UsageError, "--device {}: bnn-train runs on the CPU only in "
+                     "this version (see docs/bnn-train.md); use --device cpu", global.dev.str());
       core::check_output_path(a->output, {a->opt.teacher, a->data}, a->force);
       a->opt.net.binary_weights = !a->real_weights;
       a->opt.check_packed = !a->no_packed_check;

@@ -6,6 +6,7 @@ D=/usr/share/datasets/fashion-mnist
 if [ ! -e "$D/t10k-images-idx3-ubyte.gz" ]; then echo "dataset-fashion-mnist not installed; skipped"; exit 0; fi
 export KVLAB_THREADS=1  # 2 OpenMP threads on a loaded 2-core CI box spin badly
 small="--width 8 --stages 3 --epochs 2 --train-limit 3000 --test-limit 1000 --batch-size 64 --lr 2e-3"
+tiny="--width 4 --stages 2 --epochs 1 --train-limit 500 --test-limit 200 --batch-size 64"
 
 expect_exit 0 "$KVLAB" --threads 2 --seed 1 --progress lines bnn-train --arch reactnet $small -o "$T/bnn.h5"
 expect_stdout "test acc"
@@ -26,9 +27,9 @@ PY
 [ -e "$T/bnn.h5.checkpoint.h5" ] && fail "checkpoint left after success"
 
 # JSON output parses; distillation from a real teacher; two-step recipe.
-expect_exit 0 "$KVLAB" --seed 1 --json --progress none bnn-train --arch real $small -o "$T/teacher.h5"
+expect_exit 0 "$KVLAB" --seed 1 --json --progress none bnn-train --arch real $tiny -o "$T/teacher.h5"
 $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["bops"]==0 and d["arch"]=="real", d' "$T/stdout" || fail "json"
-expect_exit 0 "$KVLAB" --progress none bnn-train --arch bireal --recipe two-step --teacher "$T/teacher.h5" $small -o "$T/kd.h5"
+expect_exit 0 "$KVLAB" --progress none bnn-train --arch bireal --recipe two-step --teacher "$T/teacher.h5" $tiny -o "$T/kd.h5"
 
 # Usage errors (exit 2) and format errors (exit 3).
 expect_exit 2 "$KVLAB" bnn-train --arch bireal --act insta-prelu -o "$T/x.h5"
@@ -37,17 +38,17 @@ expect_exit 2 "$KVLAB" bnn-train --act shift --shift 9 -o "$T/x.h5"
 expect_exit 2 "$KVLAB" bnn-train --arch nonsense -o "$T/x.h5"
 expect_exit 2 "$KVLAB" bnn-train --data "$T" -o "$T/x.h5"
 expect_stderr "found neither IDX files"
-expect_exit 2 "$KVLAB" bnn-train $small -o "$T/bnn.h5"
+expect_exit 2 "$KVLAB" bnn-train $tiny -o "$T/bnn.h5"
 expect_stderr "already exists; pass --force"
 mkdir -p "$T/bad"
 printf 'garbage' | gzip > "$T/bad/train-images-idx3-ubyte.gz"
 for f in train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do cp "$D/$f.gz" "$T/bad/"; done
 expect_exit 3 "$KVLAB" bnn-train --data "$T/bad" -o "$T/x.h5"
 expect_stderr "train-images-idx3-ubyte.gz"
-expect_exit 3 "$KVLAB" bnn-train --teacher "$T/bad/t10k-labels-idx1-ubyte.gz" $small -o "$T/x.h5"
+expect_exit 3 "$KVLAB" bnn-train --teacher "$T/bad/t10k-labels-idx1-ubyte.gz" $tiny -o "$T/x.h5"
 
 # SIGTERM: a checkpoint is written, exit 1 with the remedy; --resume auto finishes the run.
-"$KVLAB" --progress none bnn-train --arch bireal --width 8 --stages 2 --epochs 2 --train-limit 8000 \
+"$KVLAB" --progress none bnn-train --arch bireal --width 8 --stages 2 --epochs 2 --train-limit 4000 \
   --test-limit 500 -o "$T/sig.h5" >"$T/stdout" 2>"$T/stderr" &
 pid=$!
 for _ in $(seq 1 100); do [ -e "$T/sig.h5.checkpoint.h5" ] && break; sleep 0.2; done
@@ -59,7 +60,7 @@ expect_stderr "--resume auto"
 [ -e "$T/sig.h5" ] && fail "output written by a stopped run"
 expect_exit 0 "$KVLAB" inspect --validate "$T/sig.h5.checkpoint.h5"
 expect_exit 0 "$KVLAB" --progress none bnn-train --arch bireal --width 8 --stages 2 --epochs 2 \
-  --train-limit 8000 --test-limit 500 -o "$T/sig.h5" --resume auto
+  --train-limit 4000 --test-limit 500 -o "$T/sig.h5" --resume auto
 expect_exit 0 "$KVLAB" inspect --validate "$T/sig.h5"
 
 ls "$T" | grep -q partial && fail "partial files left behind"
