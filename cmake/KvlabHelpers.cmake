@@ -53,6 +53,10 @@ function(kvlab_add_unit_test name)
   cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;LABELS" ${ARGN})
   add_executable(${name} ${ARG_SOURCES} ${PROJECT_SOURCE_DIR}/tests/unit/main.cpp)
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} doctest::doctest)
+  # See tests/unit/prelude.hpp: c10's CHECK macros must not replace doctest's.
+  target_compile_options(${name} PRIVATE -include ${PROJECT_SOURCE_DIR}/tests/unit/prelude.hpp)
+  set_source_files_properties(${PROJECT_SOURCE_DIR}/tests/unit/main.cpp PROPERTIES
+      COMPILE_DEFINITIONS DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN)
   target_compile_definitions(${name} PRIVATE
       KVLAB_SOURCE_DIR="${PROJECT_SOURCE_DIR}" KVLAB_BINARY_DIR="${PROJECT_BINARY_DIR}")
   kvlab_target_defaults(${name})

@@ -68,11 +68,11 @@ CLI::Option* add_output_option(CLI::App* cmd, std::string& output, bool& force,
 // One per subcommand file.
 void register_inspect(CLI::App& app, GlobalOptions& global);
 void register_selfcheck(CLI::App& app, GlobalOptions& global);
-void register_bnn_train(CLI::App& app, GlobalOptions& global);
 void register_import_hf(CLI::App& app, GlobalOptions& global);
 void register_import_gguf(CLI::App& app, GlobalOptions& global);
 void register_export_hf(CLI::App& app, GlobalOptions& global);
 void register_pim_compile(CLI::App& app, GlobalOptions& global);
+void register_bnn_train(CLI::App& app, GlobalOptions& global);
 void register_snn_train(CLI::App& app, GlobalOptions& global);
 void register_eval(CLI::App& app, GlobalOptions& global);
 void register_generate(CLI::App& app, GlobalOptions& global);

@@ -1,8 +1,6 @@
 // The bit-packed XNOR + popcount kernels give exactly the float convolution / matmul of the same
 // +-1 tensors (zero padding, strides, channel counts that are not multiples of 64).
 #include <ATen/ATen.h>
-// c10 defines a CHECK(cond) logging macro; doctest must win (include it after ATen).
-#undef CHECK
 #include <doctest/doctest.h>
 
 #include "kvlab/binary/bnn_packed.hpp"

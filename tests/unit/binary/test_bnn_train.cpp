@@ -2,8 +2,6 @@
 // packed path's predictions equal the float-simulated network's on the test set, the cost report
 // adds up, the artifact round-trips, checkpoints resume, and bad option combinations are refused.
 #include <ATen/ATen.h>
-// c10 defines a CHECK(cond) logging macro; doctest must win (include it after ATen).
-#undef CHECK
 #include <doctest/doctest.h>
 
 #include <cmath>

@@ -1,8 +1,6 @@
 // Checkpoint artifacts: a full round trip (model, optimizer, RNG, counters, extra state), atomic
 // replacement, the trainer check, --resume resolution and strict name/shape loading.
 #include <ATen/ATen.h>
-// c10 defines a CHECK(cond) logging macro; doctest must win (include it after ATen).
-#undef CHECK
 #include <doctest/doctest.h>
 
 #include <filesystem>

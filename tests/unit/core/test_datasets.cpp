@@ -3,8 +3,6 @@
 // crop+flip augmentation. The real Fashion-MNIST files are read when Debian's package is present.
 #include <ATen/ATen.h>
 #include <zlib.h>
-// c10 defines a CHECK(cond) logging macro; doctest must win (include it after ATen).
-#undef CHECK
 #include <doctest/doctest.h>
 
 #include <filesystem>
