@@ -23,17 +23,21 @@ namespace kvlab::cli {
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
+      // plumbing
       {"inspect", register_inspect, false},
       {"selfcheck", register_selfcheck, true},
       {"import-hf", register_import_hf, true},
       {"import-gguf", register_import_gguf, true},
       {"export-hf", register_export_hf, true},
-      {"pim-compile", register_pim_compile, true},
-      {"bnn-train", register_bnn_train, true},
-      {"snn-train", register_snn_train, true},
+      // the LLM runtime
       {"eval", register_eval, true},
       {"generate", register_generate, false},
       {"bench-decode", register_bench_decode, false},
+      // binary and spiking networks
+      {"bnn-train", register_bnn_train, true},
+      {"snn-train", register_snn_train, true},
+      // hardware-constrained compilation
+      {"pim-compile", register_pim_compile, true},
   };
   return table;
 }
