@@ -7,6 +7,8 @@
 #include <fstream>
 #include <string>
 
+#include "kvlab/core/error.hpp"
+
 namespace kvlab::test {
 
 /// A path inside a per-process scratch directory under the build tree.
@@ -28,6 +30,19 @@ inline void write_file(const std::filesystem::path& p, const std::string& conten
 inline std::string read_file(const std::filesystem::path& p) {
   std::ifstream f(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+/// Runs `f`, requires a kvlab::Error with exit code `code`, returns its message.
+template <class F>
+std::string error_of(F&& f, int code) {
+  try {
+    f();
+  } catch (const Error& e) {
+    CHECK(e.exit_code() == code);
+    return e.what();
+  }
+  FAIL("no error thrown");
+  return {};
 }
 
 inline std::string source_path(const std::string& rel) {

@@ -13,6 +13,8 @@
 #include "kvlab/core/error.hpp"
 #include "kvlab/core/progress.hpp"
 
+using kvlab::test::error_of;
+
 using namespace kvlab;
 namespace fs = std::filesystem;
 
@@ -52,17 +54,6 @@ class StopAfter : public core::NullProgress {
   int left_;
 };
 
-template <class F>
-std::string error_of(F&& f, int code) {
-  try {
-    f();
-  } catch (const Error& e) {
-    CHECK(e.exit_code() == code);
-    return e.what();
-  }
-  FAIL("no error thrown");
-  return {};
-}
 
 }  // namespace
 

@@ -11,6 +11,8 @@
 #include "kvlab/core/error.hpp"
 #include "kvlab/core/schema.hpp"
 
+using kvlab::test::error_of;
+
 using namespace kvlab;
 namespace fs = std::filesystem;
 
@@ -35,17 +37,6 @@ core::Checkpoint sample() {
   return ck;
 }
 
-template <class F>
-std::string error_of(F&& f, int code) {
-  try {
-    f();
-  } catch (const Error& e) {
-    CHECK(e.exit_code() == code);
-    return e.what();
-  }
-  FAIL("no error thrown");
-  return {};
-}
 
 }  // namespace
 

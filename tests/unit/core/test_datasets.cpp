@@ -12,6 +12,8 @@
 #include "kvlab/core/datasets.hpp"
 #include "kvlab/core/error.hpp"
 
+using kvlab::test::error_of;
+
 using namespace kvlab;
 namespace fs = std::filesystem;
 
@@ -40,17 +42,6 @@ void write_gz(const fs::path& p, const std::string& content) {
   gzclose(f);
 }
 
-template <class F>
-std::string error_of(F&& f, int code) {
-  try {
-    f();
-  } catch (const Error& e) {
-    CHECK(e.exit_code() == code);
-    return e.what();
-  }
-  FAIL("no error thrown");
-  return {};
-}
 
 fs::path fresh_dir(const std::string& name) {
   const fs::path d = test::scratch(name);

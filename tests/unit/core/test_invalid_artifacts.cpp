@@ -9,6 +9,8 @@
 #include "kvlab/core/error.hpp"
 #include "kvlab/core/schema.hpp"
 
+using kvlab::test::error_of;
+
 using namespace kvlab;
 namespace fs = std::filesystem;
 
@@ -29,18 +31,6 @@ fs::path good_artifact(const std::string& name, const std::string& kind = "selfc
   return out;
 }
 
-// Runs `f`, requires a kvlab::Error with `code`, returns its message.
-template <class F>
-std::string error_of(F&& f, int code) {
-  try {
-    f();
-  } catch (const Error& e) {
-    CHECK(e.exit_code() == code);
-    return e.what();
-  }
-  FAIL("no error thrown");
-  return {};
-}
 
 auto open_selfcheck(const fs::path& p) {
   return [p] { core::ArtifactReader::open(p, "selfcheck-report", 1, 1); };
