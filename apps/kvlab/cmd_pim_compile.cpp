@@ -10,6 +10,7 @@
 #include "kvlab/core/h5.hpp"
 #include "kvlab/core/log.hpp"
 #include "kvlab/core/netdesc.hpp"
+#include "kvlab/pim/artifact_net.hpp"
 #include "kvlab/pim/compile.hpp"
 #include "kvlab/pim/plan_io.hpp"
 #include "kvlab/pim/zoo.hpp"
@@ -76,7 +77,8 @@ void register_pim_compile(CLI::App& app, GlobalOptions& global) {
       cmd->add_option("network",
                       args->network,
                       "network description file (.json: kvlab-network or PIMCOMP-NN node_list; "
-                      "docs/formats/network.md)");
+                      "docs/formats/network.md) or a kvlab artifact with weights (.h5: "
+                      "bnn-model, LLM model)");
   std::string zoo_list;
   for (const auto& n : pim::zoo_names()) zoo_list += (zoo_list.empty() ? "" : "|") + n;
   auto* net = cmd->add_option("--net", args->net, "built-in network: " + zoo_list)
@@ -145,13 +147,8 @@ void register_pim_compile(CLI::App& app, GlobalOptions& global) {
       if (!args->net.empty()) {
         net = pim::zoo_net(args->net);
       } else {
-        KVLAB_THROW_IF(
-            h5::is_hdf5(args->network),
-            FormatError,
-            "{}: kvlab artifacts (bnn-model, LLM model) as pim-compile input are not wired "
-            "yet; describe the network as JSON (docs/formats/network.md)",
-            args->network);
-        net = core::read_net_json(args->network);
+        net = h5::is_hdf5(args->network) ? pim::artifact_net(args->network)
+                                         : core::read_net_json(args->network);
         in_files.push_back(args->network);
         inputs.push_back({args->network, "file", "", 0});
       }

@@ -83,7 +83,13 @@ echo '{"layers": [{"name": "x", "op": "input", "shape": [3, 8, 8]}, {"name": "c"
 expect_exit 3 "$KVLAB" pim-compile "$T/bad-net.json"
 expect_stderr "a 9x9 kernel does not fit the 8x8 input"
 expect_exit 3 "$KVLAB" pim-compile "$T/plan.h5"
-expect_stderr "not wired yet"
+expect_stderr "a kvlab pim-plan artifact has no network to compile"
+
+# An LLM model artifact: its linear layers per generated token (kjv fixture: 8 blocks x 7 + lm_head).
+expect_exit 0 "$KVLAB" --progress none import-hf "$SRC/data/kjv-byte-llama" -o "$T/x.h5"
+expect_exit 0 "$KVLAB" --progress none pim-compile "$T/x.h5" --hw "$HW"
+expect_stdout "57 weight layers"
+expect_stdout "978 crossbars at 8-bit weights on 2-bit cells"
 expect_exit 2 "$KVLAB" pim-compile
 expect_stderr "give a network"
 expect_exit 2 "$KVLAB" pim-compile --net vgg17
