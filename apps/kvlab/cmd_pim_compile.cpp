@@ -10,6 +10,7 @@
 #include "kvlab/core/h5.hpp"
 #include "kvlab/core/log.hpp"
 #include "kvlab/core/netdesc.hpp"
+#include "kvlab/core/artifact.hpp"
 #include "kvlab/pim/artifact_net.hpp"
 #include "kvlab/pim/compile.hpp"
 #include "kvlab/pim/plan_io.hpp"
@@ -147,10 +148,12 @@ void register_pim_compile(CLI::App& app, GlobalOptions& global) {
       if (!args->net.empty()) {
         net = pim::zoo_net(args->net);
       } else {
-        net = h5::is_hdf5(args->network) ? pim::artifact_net(args->network)
-                                         : core::read_net_json(args->network);
+        const bool artifact = h5::is_hdf5(args->network);
+        net = artifact ? pim::artifact_net(args->network) : core::read_net_json(args->network);
         in_files.push_back(args->network);
-        inputs.push_back({args->network, "file", "", 0});
+        // Record a parent artifact by kind and uuid so `kvlab inspect` can follow the lineage.
+        inputs.push_back(artifact ? core::ArtifactReader::open_any(args->network).header().as_input()
+                                  : core::InputRef{args->network, "file", "", 0});
       }
       pim::HwConfig hw = pim::default_hw();
       if (!args->hw_path.empty()) {

@@ -90,6 +90,10 @@ expect_exit 0 "$KVLAB" --progress none import-hf "$SRC/data/kjv-byte-llama" -o "
 expect_exit 0 "$KVLAB" --progress none pim-compile "$T/x.h5" --hw "$HW"
 expect_stdout "57 weight layers"
 expect_stdout "978 crossbars at 8-bit weights on 2-bit cells"
+# The plan names the model artifact as its parent (kind and uuid), so inspect follows the lineage.
+expect_exit 0 "$KVLAB" --progress none pim-compile "$T/x.h5" --hw "$HW" --search greedy -o "$T/x.plan.h5"
+expect_exit 0 "$KVLAB" inspect "$T/x.plan.h5"
+expect_stdout "x.h5 (model, "
 expect_exit 2 "$KVLAB" pim-compile
 expect_stderr "give a network"
 expect_exit 2 "$KVLAB" pim-compile --net vgg17
