@@ -891,32 +891,30 @@ int NetBuilder::pool(const std::string& name,
   return layer(std::move(l));
 }
 
-int NetBuilder::global_pool(const std::string& name, int from, const std::string& fn) {
+namespace {
+// A weight-free layer with one input (pooling, activation, normalisation).
+NetLayer unary_layer(const std::string& name, NetOp op, const std::string& fn, int input) {
   NetLayer l;
   l.name = name;
-  l.op = NetOp::pool;
+  l.op = op;
   l.fn = fn;
+  l.inputs = {input};
+  return l;
+}
+}  // namespace
+
+int NetBuilder::global_pool(const std::string& name, int from, const std::string& fn) {
+  NetLayer l = unary_layer(name, NetOp::pool, fn, resolve(from));
   l.global = true;
-  l.inputs = {resolve(from)};
   return layer(std::move(l));
 }
 
 int NetBuilder::act(const std::string& name, int from, const std::string& fn) {
-  NetLayer l;
-  l.name = name;
-  l.op = NetOp::act;
-  l.fn = fn;
-  l.inputs = {resolve(from)};
-  return layer(std::move(l));
+  return layer(unary_layer(name, NetOp::act, fn, resolve(from)));
 }
 
 int NetBuilder::norm(const std::string& name, int from, const std::string& fn) {
-  NetLayer l;
-  l.name = name;
-  l.op = NetOp::norm;
-  l.fn = fn;
-  l.inputs = {resolve(from)};
-  return layer(std::move(l));
+  return layer(unary_layer(name, NetOp::norm, fn, resolve(from)));
 }
 
 int NetBuilder::add(const std::string& name, const std::vector<int>& from) {
