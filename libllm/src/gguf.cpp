@@ -108,27 +108,10 @@ namespace {
 
 constexpr std::uint64_t kMaxDims = 4;  // GGML_MAX_DIMS
 
-void pread_all(int fd, void* out, std::uint64_t n, std::uint64_t off, const std::string& path,
-               const std::string& what) {
-  auto* p = static_cast<char*>(out);
-  while (n > 0) {
-    const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, 1u << 30));
-    const ssize_t r = ::pread(fd, p, chunk, static_cast<off_t>(off));
-    if (r < 0 && errno == EINTR) continue;
-    KVLAB_THROW_IF(r < 0, IoError, "{}: cannot read {}: {}", path, what, std::strerror(errno));
-    KVLAB_THROW_IF(r == 0, FormatError,
-                   "{}: unexpected end of file reading {}; the file is truncated", path, what);
-    p += r;
-    n -= static_cast<std::uint64_t>(r);
-    off += static_cast<std::uint64_t>(r);
-  }
-}
-
 /// Sequential, bounds-checked reads of the header region through a buffer.
 class Cursor {
  public:
-  Cursor(int fd, std::uint64_t size, std::string path)
-      : fd_(fd), size_(size), path_(std::move(path)) {}
+  explicit Cursor(const ReadOnlyFile& f) : file_(f), size_(f.size()), path_(f.path()) {}
   std::uint64_t pos() const { return pos_; }
   std::uint64_t remaining() const { return size_ - pos_; }
 
@@ -167,10 +150,10 @@ class Cursor {
  private:
   void fill() {
     buf_.resize(static_cast<std::size_t>(std::min<std::uint64_t>(1 << 20, remaining())));
-    pread_all(fd_, buf_.data(), buf_.size(), pos_, path_, "the header");
+    file_.pread_all(buf_.data(), buf_.size(), pos_, "the header");
     buf_pos_ = 0;
   }
-  int fd_;
+  const ReadOnlyFile& file_;
   std::uint64_t size_;
   std::string path_;
   std::uint64_t pos_ = 0;
@@ -248,40 +231,13 @@ void read_value(Cursor& c, GgufType t, GgufValue& v, const std::string& what, in
 
 }  // namespace
 
-GgufFile::GgufFile(GgufFile&& o) noexcept { *this = std::move(o); }
-
-GgufFile& GgufFile::operator=(GgufFile&& o) noexcept {
-  if (this != &o) {
-    if (fd_ >= 0) ::close(fd_);
-    path_ = std::move(o.path_);
-    fd_ = o.fd_;
-    o.fd_ = -1;
-    version_ = o.version_;
-    alignment_ = o.alignment_;
-    data_start_ = o.data_start_;
-    kv_ = std::move(o.kv_);
-    tensors_ = std::move(o.tensors_);
-    index_ = std::move(o.index_);
-  }
-  return *this;
-}
-
-GgufFile::~GgufFile() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
 GgufFile GgufFile::open(const fs::path& path) {
   GgufFile f;
   f.path_ = path.string();
   const std::string& p = f.path_;
-  f.fd_ = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-  KVLAB_THROW_IF(f.fd_ < 0 && errno == ENOENT, FormatError, "{}: no such file", p);
-  KVLAB_THROW_IF(f.fd_ < 0, FormatError, "{}: cannot open: {}", p, std::strerror(errno));
-  struct stat st {};
-  KVLAB_THROW_IF(::fstat(f.fd_, &st) != 0, IoError, "{}: cannot stat: {}", p, std::strerror(errno));
-  KVLAB_THROW_IF(!S_ISREG(st.st_mode), FormatError, "{}: not a regular file", p);
-  const auto size = static_cast<std::uint64_t>(st.st_size);
-  Cursor c(f.fd_, size, p);
+  f.file_ = ReadOnlyFile::open(p);
+  const std::uint64_t size = f.file_.size();
+  Cursor c(f.file_);
   KVLAB_THROW_IF(size < 24, FormatError,
                  "{}: only {} bytes; a GGUF file starts with a 24-byte header (magic, version, "
                  "counts); the file is truncated or not GGUF",
@@ -429,7 +385,7 @@ std::string GgufFile::get_string(const std::string& key) const {
 }
 
 void GgufFile::read_raw(const GgufTensorInfo& t, void* out) const {
-  pread_all(fd_, out, t.nbytes, data_start_ + t.offset, path_, "tensor " + t.name);
+  file_.pread_all(out, t.nbytes, data_start_ + t.offset, "tensor " + t.name);
 }
 
 std::vector<float> GgufFile::read_f32(const GgufTensorInfo& t) const {

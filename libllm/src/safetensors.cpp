@@ -57,23 +57,6 @@ std::optional<std::uint64_t> mul_checked(std::uint64_t a, std::uint64_t b) {
   return a * b;
 }
 
-void pread_all(int fd, void* out, std::uint64_t n, std::uint64_t off, const std::string& path,
-               const std::string& what) {
-  auto* p = static_cast<char*>(out);
-  while (n > 0) {
-    const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, 1u << 30));
-    const ssize_t r = ::pread(fd, p, chunk, static_cast<off_t>(off));
-    if (r < 0 && errno == EINTR) continue;
-    KVLAB_THROW_IF(r < 0, IoError, "{}: cannot read {}: {}", path, what, std::strerror(errno));
-    KVLAB_THROW_IF(r == 0, FormatError,
-                   "{}: unexpected end of file reading {} (the file is truncated or changed "
-                   "while kvlab read it); download it again",
-                   path, what);
-    p += r;
-    n -= static_cast<std::uint64_t>(r);
-    off += static_cast<std::uint64_t>(r);
-  }
-}
 
 std::uint64_t get_u64(const json& v, const std::string& where, const char* field) {
   KVLAB_THROW_IF(!v.is_number_unsigned() && !(v.is_number_integer() && v.get<std::int64_t>() >= 0),
@@ -97,44 +80,18 @@ const char* safetensors_dtype_name(h5::DType t) {
 
 // ------------------------------------------------------------------------------ reading --
 
-SafetensorsFile::SafetensorsFile(SafetensorsFile&& o) noexcept { *this = std::move(o); }
-
-SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& o) noexcept {
-  if (this != &o) {
-    if (fd_ >= 0) ::close(fd_);
-    path_ = std::move(o.path_);
-    fd_ = o.fd_;
-    o.fd_ = -1;
-    data_start_ = o.data_start_;
-    data_size_ = o.data_size_;
-    tensors_ = std::move(o.tensors_);
-    index_ = std::move(o.index_);
-    metadata_ = std::move(o.metadata_);
-  }
-  return *this;
-}
-
-SafetensorsFile::~SafetensorsFile() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
 SafetensorsFile SafetensorsFile::open(const fs::path& path, std::uint64_t max_header_bytes) {
   SafetensorsFile f;
   f.path_ = path.string();
   const std::string& p = f.path_;
-  f.fd_ = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-  KVLAB_THROW_IF(f.fd_ < 0 && errno == ENOENT, FormatError, "{}: no such file", p);
-  KVLAB_THROW_IF(f.fd_ < 0, FormatError, "{}: cannot open: {}", p, std::strerror(errno));
-  struct stat st {};
-  KVLAB_THROW_IF(::fstat(f.fd_, &st) != 0, IoError, "{}: cannot stat: {}", p, std::strerror(errno));
-  KVLAB_THROW_IF(!S_ISREG(st.st_mode), FormatError, "{}: not a regular file", p);
-  const auto file_size = static_cast<std::uint64_t>(st.st_size);
+  f.file_ = ReadOnlyFile::open(p);
+  const std::uint64_t file_size = f.file_.size();
   KVLAB_THROW_IF(file_size < 8, FormatError,
                  "{}: only {} bytes, but a safetensors file starts with an 8-byte header length; "
                  "the file is truncated or not safetensors",
                  p, file_size);
   unsigned char len_bytes[8];
-  pread_all(f.fd_, len_bytes, 8, 0, p, "the header length");
+  f.file_.pread_all(len_bytes, 8, 0, "the header length");
   std::uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | len_bytes[i];  // little-endian
   KVLAB_THROW_IF(n > max_header_bytes, FormatError,
@@ -147,7 +104,7 @@ SafetensorsFile SafetensorsFile::open(const fs::path& path, std::uint64_t max_he
                  p, n, file_size - 8);
   KVLAB_THROW_IF(n < 2, FormatError, "{}: header length {} is too small for a JSON object", p, n);
   std::string text(static_cast<std::size_t>(n), '\0');
-  pread_all(f.fd_, text.data(), n, 8, p, "the header");
+  f.file_.pread_all(text.data(), n, 8, "the header");
   f.data_start_ = 8 + n;
   f.data_size_ = file_size - 8 - n;
 
@@ -236,7 +193,7 @@ const SafetensorsTensor* SafetensorsFile::find(const std::string& name) const {
 }
 
 void SafetensorsFile::read_raw(const SafetensorsTensor& t, void* out) const {
-  pread_all(fd_, out, t.nbytes(), data_start_ + t.begin, path_, "tensor " + t.name);
+  file_.pread_all(out, t.nbytes(), data_start_ + t.begin, "tensor " + t.name);
 }
 
 at::Tensor SafetensorsFile::read(const std::string& name) const {

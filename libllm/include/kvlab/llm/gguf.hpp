@@ -11,6 +11,8 @@
 // is a kvlab::FormatError (exit 3) naming the file, the key or tensor and the offset.
 #pragma once
 
+#include "kvlab/llm/read_only_file.hpp"
+
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -65,9 +67,8 @@ class GgufFile {
  public:
   /// Opens and validates header, metadata and tensor infos (not the data).
   static GgufFile open(const std::filesystem::path& path);
-  GgufFile(GgufFile&&) noexcept;
-  GgufFile& operator=(GgufFile&&) noexcept;
-  ~GgufFile();
+  GgufFile(GgufFile&&) noexcept = default;
+  GgufFile& operator=(GgufFile&&) noexcept = default;
 
   const std::string& path() const { return path_; }
   std::uint32_t version() const { return version_; }
@@ -91,7 +92,7 @@ class GgufFile {
  private:
   GgufFile() = default;
   std::string path_;
-  int fd_ = -1;
+  ReadOnlyFile file_;
   std::uint32_t version_ = 0;
   std::uint64_t alignment_ = 32;
   std::uint64_t data_start_ = 0;

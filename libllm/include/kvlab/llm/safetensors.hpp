@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "kvlab/core/h5.hpp"
+#include "kvlab/llm/read_only_file.hpp"
 
 namespace kvlab::llm {
 
@@ -51,9 +52,8 @@ class SafetensorsFile {
   /// Opens and validates the header (not the data). FormatError on any inconsistency.
   static SafetensorsFile open(const std::filesystem::path& path,
                               std::uint64_t max_header_bytes = kSafetensorsMaxHeaderBytes);
-  SafetensorsFile(SafetensorsFile&&) noexcept;
-  SafetensorsFile& operator=(SafetensorsFile&&) noexcept;
-  ~SafetensorsFile();
+  SafetensorsFile(SafetensorsFile&&) noexcept = default;
+  SafetensorsFile& operator=(SafetensorsFile&&) noexcept = default;
 
   const std::string& path() const { return path_; }
   /// Tensors in ascending offset order.
@@ -70,7 +70,7 @@ class SafetensorsFile {
  private:
   SafetensorsFile() = default;
   std::string path_;
-  int fd_ = -1;
+  ReadOnlyFile file_;
   std::uint64_t data_start_ = 0;
   std::uint64_t data_size_ = 0;
   std::vector<SafetensorsTensor> tensors_;
