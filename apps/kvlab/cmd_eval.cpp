@@ -45,7 +45,7 @@ void register_eval(CLI::App& app, GlobalOptions& global) {
       if (!args->output.empty()) core::check_output_path(args->output, {args->model, args->data}, args->force);
       core::ArtifactHeader mh;
       const llm::Model model = llm::load_model(args->model, {global.dev.str(), args->dtype}, &mh);
-      const llm::TokenData data = llm::read_tokens(args->data, args->file, model.config().vocab_size, model.byte_level());
+      const llm::TokenData data = llm::read_model_data(args->data, args->file, args->model);
       const llm::EvalResult r = llm::evaluate_perplexity(model, data.ids, args->eval, *global.make_progress());
       if (!args->output.empty())
         llm::write_eval_report(args->output, r, args->eval,

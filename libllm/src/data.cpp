@@ -10,6 +10,7 @@
 
 #include "kvlab/core/error.hpp"
 #include "kvlab/core/h5.hpp"
+#include "kvlab/llm/model_io.hpp"
 
 namespace kvlab::llm {
 
@@ -222,6 +223,14 @@ TokenData read_tokens(const fs::path& path, const TokenFileOptions& opt, std::in
     }
   }
   return d;
+}
+
+TokenData read_model_data(const fs::path& data, const TokenFileOptions& opt,
+                          const fs::path& model_artifact) {
+  const ModelFile m = read_model_params(model_artifact);
+  const std::int64_t v = m.config.vocab_size;
+  // Byte-level: ids 0..255 are raw bytes (vocab 256..511, as Model::byte_level()).
+  return read_tokens(data, opt, v, v >= 256 && v < 512);
 }
 
 std::vector<std::int64_t> parse_id_list(const std::string& s, const std::string& what) {

@@ -32,12 +32,22 @@ struct TokenData {
   std::vector<std::int64_t> shape;  ///< as stored
 };
 
-/// Reads token ids. `vocab_size` > 0 checks every id is in [0, vocab_size); `byte_level` says the
+/// Reads token ids (low level: prefer read_model_data). `vocab_size` > 0 checks every id is in [0, vocab_size); `byte_level` says the
 /// model reads raw bytes (text files are refused otherwise). Automatic format: .bin -> uint16 when
 /// vocab_size <= 65536 else uint32; .npy; .h5/.hdf5 (or the HDF5 signature); .txt/.text/.md or
 /// any other file -> text.
 TokenData read_tokens(const std::filesystem::path& path, const TokenFileOptions& opt,
                       std::int64_t vocab_size, bool byte_level);
+
+/// THE entry point for every command that reads a data file for a model (eval, kv-eval,
+/// prune-blocks, binarize, ...): token-id files (.bin uint16/uint32, .npy, HDF5) are read as
+/// read_tokens does; UTF-8 text is encoded with the tokenizer stored in the model artifact's
+/// /tokenizer group (docs/formats/model.md), or as raw bytes for byte-level models without one.
+/// Ids are checked against the model's vocabulary. `model_artifact` is a `model` artifact path
+/// (only /params and /tokenizer are read, never the weights). FormatError/UsageError naming the
+/// file otherwise (e.g. text given to a model that has no tokenizer).
+TokenData read_model_data(const std::filesystem::path& data, const TokenFileOptions& opt,
+                          const std::filesystem::path& model_artifact);
 
 /// Bytes of a UTF-8 string as ids 0..255, and back (ids >= 256 are special tokens and skipped).
 std::vector<std::int64_t> bytes_to_ids(const std::string& s);
