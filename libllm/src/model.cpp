@@ -244,6 +244,7 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positio
     step.q_pos = pos;
     step.kv = &kv;
     step.config = &cfg_;
+    step.model = this;
     if (o.policy) o.policy->before_attention(step);
     std::optional<at::Tensor> out;
     if (o.policy) out = o.policy->attend(step);

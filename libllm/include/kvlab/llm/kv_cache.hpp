@@ -29,6 +29,7 @@ namespace kvlab::llm {
 
 struct ModelConfig;
 class KVCache;
+class Model;
 
 struct KVCacheOptions {
   std::int64_t page_size = 0;  ///< > 0: keep per-page key min/max (Quest); 0: none
@@ -155,6 +156,9 @@ struct AttentionStep {
   at::Tensor q_pos;   ///< [B, T] query positions (negative = padding)
   LayerKV* kv = nullptr;  ///< this layer's cache, the current step's K/V already appended
   const ModelConfig* config = nullptr;
+  /// The model running this forward (its blocks, for policies that recompute past tokens
+  /// through a layer: RetroAttention's retrospective K/V update).
+  const Model* model = nullptr;
 };
 
 /// A KV-cache compression method. The model calls the hooks in this order for every layer of
