@@ -314,15 +314,22 @@ void finalize_net(NetDesc& net, const std::string& where) {
       case NetOp::add:
       case NetOp::mul:
         need_inputs(2, 1 << 20);
-        for (std::size_t k = 1; k < n_in; ++k)
-          KVLAB_THROW_IF(
-              in_shape(k) != in_shape(0),
-              FormatError,
-              "{}: input {} has shape {} but input 0 has {}; elementwise inputs must match",
-              at,
-              k,
-              shape_s(in_shape(k)),
-              shape_s(in_shape(0)));
+        for (std::size_t k = 1; k < n_in; ++k) {
+          // Input 0 has the full shape; a later input may broadcast to it (same rank, each axis
+          // equal or 1: a [C,1,1] per-channel bias, as in a diffusion UNet's time embedding).
+          const auto& s = in_shape(k);
+          bool ok = s.size() == in_shape(0).size();
+          for (std::size_t a = 0; ok && a < s.size(); ++a)
+            ok = s[a] == in_shape(0)[a] || s[a] == 1;
+          KVLAB_THROW_IF(!ok,
+                         FormatError,
+                         "{}: input {} has shape {} but input 0 has {}; elementwise inputs must "
+                         "match (or broadcast: same rank, axes equal or 1)",
+                         at,
+                         k,
+                         shape_s(s),
+                         shape_s(in_shape(0)));
+        }
         inferred = in_shape(0);
         break;
       case NetOp::concat: {
@@ -363,6 +370,10 @@ void finalize_net(NetDesc& net, const std::string& where) {
         const auto& s = in_shape(0);
         if (l.fn == "flatten") {
           inferred = {prod(s)};
+        } else if (l.fn == "upsample") {
+          // Nearest-neighbour upsampling of a [C, H, W] map by stride_h x stride_w.
+          need_rank3(s);
+          inferred = {s[0], s[1] * l.stride_h, s[2] * l.stride_w};
         } else if (l.fn == "reshape") {
           KVLAB_THROW_IF(l.shape.empty(), FormatError, "{}: fn reshape needs \"shape\"", at);
           KVLAB_THROW_IF(prod(l.shape) != prod(s),

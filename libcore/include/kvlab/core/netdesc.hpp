@@ -27,13 +27,14 @@ enum class NetOp {
   fc,       ///< fully connected / linear, applied to the last axis (a [C,H,W] input is flattened)
   matmul,   ///< activation x activation product (no static weights); shape required
   pool,     ///< fn max|avg; global covers the whole input
-  add,      ///< elementwise sum of same-shaped inputs (residual connections)
+  add,      ///< elementwise sum (residuals); later inputs may broadcast (axes equal or 1)
   mul,      ///< elementwise product of same-shaped inputs
   concat,   ///< concatenation along axis 0 (channels)
   act,      ///< elementwise activation: fn relu|relu6|sigmoid|tanh|gelu|silu|...
   norm,     ///< normalisation: fn batch|layer|group|rms|lrn
   softmax,  ///< softmax over the last axis
-  reshape,  ///< no arithmetic: fn flatten|dropout|identity|reshape (reshape needs a shape)
+  reshape,  ///< no arithmetic: fn flatten|dropout|identity|reshape (needs a shape)|upsample
+            ///< (nearest, [C,H,W] by stride_h x stride_w)
 };
 
 const char* net_op_name(NetOp op);
