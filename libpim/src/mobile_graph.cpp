@@ -761,7 +761,6 @@ std::string op_key(const NetLayer& l) {
 int op_lowered_rank(const NetLayer& l) {
   const int rank = static_cast<int>(l.shape.size()) + 1;  // + batch
   if (l.op == NetOp::norm && l.fn == "group") return rank + 1;  // [N,G,C/G,H,W]
-  if (l.op == NetOp::reshape && l.attrs.count("split_heads")) return rank + 1;  // [N,T,h,d] view
   return rank;
 }
 
