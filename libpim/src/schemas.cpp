@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "kvlab/pim/mobile_plan.hpp"
 #include "kvlab/pim/plan_io.hpp"
 
 namespace kvlab::pim {
@@ -77,6 +78,37 @@ void register_schemas(core::SchemaRegistry& reg) {
     }
   };
   reg.add(std::move(s));
+
+  // mobile-plan (docs/formats/mobile-plan.md).
+  core::Schema m;
+  m.kind = "mobile-plan";
+  m.min_version = 1;
+  m.max_version = kMobilePlanFormatVersion;
+  m.doc = "docs/formats/mobile-plan.md";
+  m.params = {{"model", AttrType::string},
+              {"device", AttrType::string},
+              {"resolution", AttrType::integer},
+              {"steps", AttrType::integer},
+              {"cfg_distilled", AttrType::integer},
+              {"wbits", AttrType::integer}};
+  for (const char* d : {"params", "calls"}) m.datasets.push_back({std::string("components/") + d, ints, 1});
+  for (const char* d : {"weight_bytes", "act_peak_bytes", "flops_per_call", "ms_per_call",
+                        "total_ms", "load_ms"})
+    m.datasets.push_back({std::string("components/") + d, reals, 1});
+  m.datasets.push_back({"schedules/peak_bytes", reals, 1});
+  m.datasets.push_back({"schedules/latency_ms", reals, 1});
+  m.check = [](const core::ArtifactReader& r, std::vector<std::string>& problems) {
+    const h5::Group root = r.root();
+    if (!root.has_dataset("components/total_ms") || !root.has_dataset("schedules/peak_bytes"))
+      return;
+    if (h5::numel(root.info("components/total_ms").shape) != 3)
+      problems.push_back("components/total_ms must have 3 entries (text_encoder, unet, vae_decoder)");
+    const auto peak = root.read_as_double("schedules/peak_bytes");
+    // Sequential loading never needs more memory than keeping everything resident.
+    if (peak.size() == 3 && peak[1] > peak[0])
+      problems.push_back("schedules: the sequential peak exceeds the all-resident peak");
+  };
+  reg.add(std::move(m));
 }
 
 }  // namespace kvlab::pim
