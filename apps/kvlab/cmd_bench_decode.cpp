@@ -16,6 +16,7 @@ void register_bench_decode(CLI::App& app, GlobalOptions& global) {
   struct Args {
     std::string config, dtype = "bfloat16";
     double hbm_gbps = 0;
+    bool no_graphs = false;
     llm::BenchOptions bench;
   };
   auto args = std::make_shared<Args>();
@@ -33,6 +34,8 @@ void register_bench_decode(CLI::App& app, GlobalOptions& global) {
   cmd->add_option("--hbm-gbps", args->hbm_gbps,
                   "device memory bandwidth in GB/s for the roofline (H100 SXM 3350, H200 4800; 0: none)")
       ->check(CLI::Range(0.0, 1e6));
+  cmd->add_flag("--no-cuda-graphs", args->no_graphs,
+                "launch every decode kernel from the host instead of replaying a CUDA graph");
   cmd->callback([args, &global] {
     global.action = [args, &global] {
       std::ifstream f(args->config);
@@ -41,6 +44,7 @@ void register_bench_decode(CLI::App& app, GlobalOptions& global) {
       const auto cfg = llm::ModelConfig::from_hf_json(j, args->config);
       const llm::Model model = llm::Model::random(cfg, {global.dev.str(), args->dtype}, global.seed);
       args->bench.seed = global.seed;
+      args->bench.cuda_graphs = !args->no_graphs;
       const llm::BenchResult r = llm::bench_decode(model, args->bench, *global.make_progress());
       const double bytes = static_cast<double>(r.weight_bytes + r.kv_bytes_read_per_step);
       const double roof = args->hbm_gbps > 0 ? bytes / (args->hbm_gbps * 1e9) / r.decode_seconds_per_step : 0.0;
@@ -48,12 +52,13 @@ void register_bench_decode(CLI::App& app, GlobalOptions& global) {
                             {"context", args->bench.context}, {"decode_tokens", args->bench.decode_tokens},
                             {"prefill_seconds", r.prefill_seconds}, {"decode_ms_per_step", 1e3 * r.decode_seconds_per_step},
                             {"decode_tokens_per_second", r.decode_tokens_per_second}, {"weight_bytes", r.weight_bytes},
-                            {"kv_bytes_read_per_step", r.kv_bytes_read_per_step}, {"roofline_fraction", roof},
+                            {"kv_bytes_read_per_step", r.kv_bytes_read_per_step}, {"roofline_fraction", roof}, {"cuda_graph", r.cuda_graph},
                             {"prefill_runs", r.prefill_runs}, {"decode_runs", r.decode_runs}};
       if (global.json) fmt::print("{}\n", out.dump());
-      else fmt::print("batch {} context {}: prefill {:.3f} s, decode {:.2f} ms/step = {:.1f} tokens/s{}\n",
+      else fmt::print("batch {} context {}: prefill {:.3f} s, decode {:.2f} ms/step = {:.1f} tokens/s{}{}\n",
                       args->bench.batch, args->bench.context, r.prefill_seconds, 1e3 * r.decode_seconds_per_step,
-                      r.decode_tokens_per_second, roof > 0 ? fmt::format(", {:.0f}% of HBM roofline", 100 * roof) : "");
+                      r.decode_tokens_per_second, roof > 0 ? fmt::format(", {:.0f}% of HBM roofline", 100 * roof) : "",
+                      r.cuda_graph ? " (CUDA graph)" : "");
     };
   });
 }

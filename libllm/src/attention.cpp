@@ -87,7 +87,7 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     }
     at::Tensor mask;
     if (need_mask) {
-      mask = attention_mask(k_pos, q_pos, opt.sliding_window)
+      mask = (opt.mask.defined() ? opt.mask : attention_mask(k_pos, q_pos, opt.sliding_window))
                  .unsqueeze(2)
                  .expand({b, hk, g, t, l})
                  .reshape({b, hk, g * t, l});
@@ -100,7 +100,10 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   }
 #endif
   at::Tensor mask5;
-  if (need_mask || causal_fresh) mask5 = attention_mask(k_pos, q_pos, opt.sliding_window).unsqueeze(2);
+  if (need_mask || causal_fresh)
+    mask5 = (opt.mask.defined() && !causal_fresh ? opt.mask
+                                                 : attention_mask(k_pos, q_pos, opt.sliding_window))
+                .unsqueeze(2);
   return manual(qs, k, v, mask5, g, scale, false).view({b, h, t, d});
 }
 

@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <set>
 
 #include "kvlab/core/error.hpp"
+#include "kvlab/llm/decode_graph.hpp"
 
 namespace kvlab::llm {
 
@@ -63,6 +65,11 @@ GenerateResult generate(const Model& model, const std::vector<std::vector<std::i
   at::Tensor logits = model.forward(pb.tokens, pb.positions, cache, fo).cpu();
   r.prefill_seconds = since(t0);
   r.kv_bytes_peak = cache.bytes();
+  std::unique_ptr<DecodeGraph> graph;
+  if (opt.cuda_graphs && opt.max_new_tokens > 1 &&
+      DecodeGraph::unsupported_reason(model, cache, policy).empty())
+    graph = std::make_unique<DecodeGraph>(model, cache, opt.max_new_tokens - 1, true);
+  r.cuda_graph = graph != nullptr;
   std::vector<bool> done(static_cast<std::size_t>(b), opt.max_new_tokens == 0);
   progress.begin("decoding", opt.max_new_tokens, "token");
   t0 = Clock::now();
@@ -90,7 +97,7 @@ GenerateResult generate(const Model& model, const std::vector<std::vector<std::i
       tok[i][0] = done[static_cast<std::size_t>(i)] ? opt.pad_id : next[static_cast<std::size_t>(i)];
       pos[i][0] = cache.next_positions()[static_cast<std::size_t>(i)];
     }
-    logits = model.forward(tok, pos, cache, fo).cpu();
+    logits = (graph ? graph->step(tok, pos) : model.forward(tok, pos, cache, fo)).cpu();
     ++r.decode_steps;
     r.kv_bytes_peak = std::max(r.kv_bytes_peak, cache.bytes());
   }
@@ -132,10 +139,14 @@ BenchResult bench_decode(const Model& model, const BenchOptions& opt, core::Prog
     at::Tensor logits = model.forward(prompt, ppos, cache, fo);
     at::Tensor next = logits.argmax(-1).cpu().view({opt.batch, 1});
     const double prefill = since(t0);
+    std::unique_ptr<DecodeGraph> graph;
+    if (opt.cuda_graphs && DecodeGraph::unsupported_reason(model, cache, nullptr).empty())
+      graph = std::make_unique<DecodeGraph>(model, cache, opt.decode_tokens, true);
+    r.cuda_graph = graph != nullptr;
     t0 = Clock::now();
     for (std::int64_t s = 0; s < opt.decode_tokens; ++s) {
       at::Tensor pos = at::full({opt.batch, 1}, opt.context + s, at::kLong);
-      logits = model.forward(next, pos, cache, fo);
+      logits = graph ? graph->step(next, pos) : model.forward(next, pos, cache, fo);
       next = logits.argmax(-1).cpu().view({opt.batch, 1});  // synchronises, as any sampler must
     }
     const double decode = since(t0) / static_cast<double>(opt.decode_tokens);

@@ -47,8 +47,10 @@ void LayerKV::reserve(std::int64_t slots) {
     if (keep > 0) n.narrow(2, 0, keep).copy_(t.narrow(2, 0, keep));
     t = n;
   };
-  realloc(k_, slots, 0, false);
-  realloc(v_, slots, 0, false);
+  // Zeros, not garbage: an empty slot's value is multiplied by a zero attention weight, and
+  // 0 * NaN would poison the output (attention over the whole storage, DecodeGraph).
+  realloc(k_, slots, 0, true);
+  realloc(v_, slots, 0, true);
   realloc(pos_, slots, -1, true);
   if (page_size_ > 0) {
     const std::int64_t pages = ceil_div(slots, page_size_);
@@ -82,6 +84,24 @@ void LayerKV::append(const at::Tensor& k, const at::Tensor& v, const at::Tensor&
   len_ += t;
   mark_holes(padded ? *padded : pos.lt(0).any().item<bool>());
   update_pages(first, len_);
+}
+
+void LayerKV::write_slot(const at::Tensor& slot, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& pos) {
+  TORCH_CHECK(page_size_ == 0, "LayerKV::write_slot: page metadata is not kept current here");
+  TORCH_CHECK(k.dim() == 4 && k.size(0) == batch_ && k.size(1) == heads_ && k.size(2) == 1 &&
+                  k.size(3) == dim_ && v.sizes() == k.sizes(),
+              "LayerKV::write_slot: keys and values must be [", batch_, ", ", heads_, ", 1, ", dim_,
+              "], got ", k.sizes(), " and ", v.sizes());
+  k_.index_copy_(2, slot, k);
+  v_.index_copy_(2, slot, v);
+  pos_.index_copy_(2, slot, pos.view({batch_, 1, 1}).expand({batch_, heads_, 1}));
+}
+
+void LayerKV::commit_written(std::int64_t n) {
+  TORCH_CHECK(n >= 0 && len_ + n <= capacity(), "LayerKV::commit_written: ", n,
+              " slots past length ", len_, " exceed the capacity ", capacity());
+  len_ += n;
 }
 
 void LayerKV::mark_holes(bool holes) { holes_ = holes_ || holes; }

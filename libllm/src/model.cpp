@@ -197,6 +197,50 @@ at::Tensor Model::rms_norm(const at::Tensor& x, const at::Tensor& w) const {
   return w * h.to(x.scalar_type());
 }
 
+Model::Qkv Model::project_qkv(const Block& blk, const at::Tensor& x, const RopeTables& rt) const {
+  const std::int64_t b = x.size(0), t = x.size(1);
+  const std::int64_t h_q = cfg_.num_attention_heads, h_kv = cfg_.num_key_value_heads,
+                     d = cfg_.head_dim;
+  at::Tensor xn = rms_norm(x, blk.input_layernorm);
+  at::Tensor q = blk.q_proj->forward(xn).view({b, t, h_q, d}).transpose(1, 2);
+  at::Tensor k = blk.k_proj->forward(xn).view({b, t, h_kv, d}).transpose(1, 2);
+  at::Tensor v = blk.v_proj->forward(xn).view({b, t, h_kv, d}).transpose(1, 2);
+  return {apply_rope(q, rt).contiguous(), apply_rope(k, rt), v};
+}
+
+at::Tensor Model::finish_block(const Block& blk, const at::Tensor& x, const at::Tensor& attn) const {
+  const std::int64_t b = x.size(0), t = x.size(1);
+  at::Tensor h = x + blk.o_proj->forward(attn.transpose(1, 2).reshape(
+                         {b, t, cfg_.num_attention_heads * cfg_.head_dim}));
+  at::Tensor hn = rms_norm(h, blk.post_attention_layernorm);
+  return h + blk.down_proj->forward(at::silu(blk.gate_proj->forward(hn)) * blk.up_proj->forward(hn));
+}
+
+at::Tensor Model::decode_static(const at::Tensor& tokens, const at::Tensor& positions,
+                                const at::Tensor& slot, KVCache& cache) const {
+  TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) == 1 && positions.sizes() == tokens.sizes(),
+              "Model::decode_static: tokens and positions must both be [B, 1]");
+  TORCH_CHECK(cache.num_layers() == num_layers() && cache.batch() == tokens.size(0),
+              "Model::decode_static: the cache does not match the model and batch");
+  at::Tensor x = at::embedding(embed_, tokens);  // [B, 1, C]
+  const RopeTables rt = rope_tables(inv_freq_, positions, dtype_);
+  AttentionOptions ao;
+  ao.sliding_window = cfg_.sliding_window;
+  ao.key_holes = true;  // the storage past length() is empty: always mask, never ask the device
+  for (std::int64_t li = 0; li < num_layers(); ++li) {
+    const Block& blk = blocks_[static_cast<std::size_t>(li)];
+    LayerKV& kv = cache.layer(li);
+    auto [q, k, v] = project_qkv(blk, x, rt);
+    kv.write_slot(slot, k, v, positions);
+    // Every layer holds the same positions here (full attention): one mask serves them all.
+    if (li == 0) ao.mask = attention_mask(kv.storage_positions(), positions, cfg_.sliding_window);
+    at::Tensor out = attention(q, kv.storage_keys(), kv.storage_values(), kv.storage_positions(),
+                               positions, ao);
+    x = finish_block(blk, x, out);
+  }
+  return lm_head_->forward(rms_norm(x.select(1, 0), final_norm_)).to(at::kFloat);
+}
+
 at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positions_in,
                           KVCache& cache, const ForwardOptions& o) const {
   TORCH_CHECK(tokens_in.dim() == 2 && positions_in.sizes() == tokens_in.sizes(),
@@ -227,12 +271,7 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positio
     const Block& blk = blocks_[static_cast<std::size_t>(li)];
     LayerKV& kv = cache.layer(li);
     const std::int64_t t = x.size(1);
-    at::Tensor xn = rms_norm(x, blk.input_layernorm);
-    at::Tensor q = blk.q_proj->forward(xn).view({b, t, h_q, d}).transpose(1, 2);
-    at::Tensor k = blk.k_proj->forward(xn).view({b, t, h_kv, d}).transpose(1, 2);
-    at::Tensor v = blk.v_proj->forward(xn).view({b, t, h_kv, d}).transpose(1, 2);
-    q = apply_rope(q, rt).contiguous();
-    k = apply_rope(k, rt);
+    auto [q, k, v] = project_qkv(blk, x, rt);
     const bool empty_before = kv.length() == 0;
     kv.append(k, v, pos, padded);
 
@@ -256,11 +295,7 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positio
       out = attention(q, kv, pos, ao);
     }
     if (o.policy) o.policy->after_attention(step, *out);
-    at::Tensor attn = out->transpose(1, 2).reshape({b, t, h_q * d});
-    x = x + blk.o_proj->forward(attn);
-    at::Tensor xn2 = rms_norm(x, blk.post_attention_layernorm);
-    x = x + blk.down_proj->forward(at::silu(blk.gate_proj->forward(xn2)) *
-                                   blk.up_proj->forward(xn2));
+    x = finish_block(blk, x, *out);
     if (o.policy) {
       if (auto sel = o.policy->select_tokens(li, x, pos)) {
         at::Tensor idx = sel->to(device_, at::kLong);

@@ -28,6 +28,9 @@ struct AttentionOptions {
   /// Some key slot is empty (pos < 0); nullopt: checked (synchronises a GPU).
   std::optional<bool> key_holes;
   bool force_manual = false;  ///< use the manual path even where SDPA exists (tests)
+  /// A precomputed attention_mask(k_pos, q_pos, sliding_window) [B, Hkv, T, L], reused across
+  /// layers that share their slot positions (DecodeGraph); undefined: computed when needed.
+  at::Tensor mask;
 };
 
 /// out [B, H, T, D] = softmax(q k^T * scale + mask) v over the cache's slots in use.

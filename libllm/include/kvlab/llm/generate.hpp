@@ -23,6 +23,9 @@ struct GenerateOptions {
   std::uint64_t seed = 0;
   std::int64_t pad_id = 0;  ///< id fed for padding and for finished rows (never attended/used)
   KVCacheOptions cache;
+  /// Replay decode steps as a CUDA graph where possible (CUDA, no policy, no page metadata;
+  /// DecodeGraph). Same tokens as eager decoding, up to float rounding.
+  bool cuda_graphs = true;
 };
 
 struct Generation {
@@ -35,6 +38,7 @@ struct GenerateResult {
   double prefill_seconds = 0, decode_seconds = 0;
   std::int64_t prompt_tokens = 0, generated_tokens = 0, decode_steps = 0;
   std::uint64_t kv_bytes_peak = 0;  ///< largest true cache size seen
+  bool cuda_graph = false;          ///< decode steps replayed a CUDA graph
 };
 
 GenerateResult generate(const Model& model, const std::vector<std::vector<std::int64_t>>& prompts,
@@ -54,6 +58,7 @@ struct BenchOptions {
   std::int64_t decode_tokens = 128;   ///< timed decode steps
   std::int64_t repeats = 3;           ///< timed runs after one warm-up; the median is reported
   std::uint64_t seed = 0;
+  bool cuda_graphs = true;  ///< replay decode steps as a CUDA graph where possible
 };
 
 struct BenchResult {
@@ -63,6 +68,7 @@ struct BenchResult {
   std::uint64_t weight_bytes = 0;
   std::uint64_t kv_bytes_read_per_step = 0;  ///< K+V bytes attention reads at the mean context
   std::uint64_t kv_bytes_allocated = 0;
+  bool cuda_graph = false;  ///< decode steps replayed a CUDA graph (capture time not counted)
   std::vector<double> prefill_runs, decode_runs;
 };
 

@@ -86,6 +86,20 @@ class LayerKV {
   void assign(const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos);
   /// Pre-allocates room for `slots` slots in total.
   void reserve(std::int64_t slots);
+
+  // --- graph-safe decode (DecodeGraph): no host synchronisation, no reallocation ---
+  /// The whole allocated storage [B, Hkv, C, D] / [B, Hkv, C] (slots >= length() are empty: -1).
+  const at::Tensor& storage_keys() const { return k_; }
+  const at::Tensor& storage_values() const { return v_; }
+  const at::Tensor& storage_positions() const { return pos_; }
+  /// Writes one token per row into slot `slot` ([1] int64 on the cache's device, = length() when
+  /// replayed): k, v [B, Hkv, 1, D], pos [B, 1] (>= 0). The host-side length is not touched (it
+  /// cannot be, inside a CUDA graph): call commit_written(1) after the step. Needs capacity() >
+  /// length() and no page metadata.
+  void write_slot(const at::Tensor& slot, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& pos);
+  /// Accounts for `n` slots write_slot filled after the current length.
+  void commit_written(std::int64_t n);
   void clear();
 
   // --- page metadata (page_size > 0) ---

@@ -23,6 +23,8 @@
 
 namespace kvlab::llm {
 
+struct RopeTables;
+
 /// y = x W^T (+ b). Implementations: DenseLinear here, packed binary layers in libbinary.
 class Linear {
  public:
@@ -106,6 +108,14 @@ class Model {
   at::Tensor forward(const at::Tensor& tokens, const at::Tensor& positions, KVCache& cache,
                      const ForwardOptions& o = {}) const;
 
+  /// One decode step of full attention that never synchronises with the host nor reallocates, so
+  /// that a CUDA graph can capture it (DecodeGraph): tokens, positions [B, 1] int64 on the model's
+  /// device (positions >= 0), slot [1] int64 on the device = the slot every layer writes (each
+  /// layer's length(), all equal). Attention reads each layer's whole storage, masked by position.
+  /// Each layer's host-side length is left unchanged: the caller commits the written slot.
+  /// Returns float32 logits [B, V] of the step.
+  at::Tensor decode_static(const at::Tensor& tokens, const at::Tensor& positions,
+                           const at::Tensor& slot, KVCache& cache) const;
   /// The weights under their HF names, on the CPU in the model's dtype, with the current block
   /// list (renumbered) and original indices: what write_model / export-hf need.
   ModelFile to_file() const;
@@ -118,6 +128,13 @@ class Model {
   static Model build(const ModelConfig& cfg, at::Device dev, c10::ScalarType dtype,
                      const std::vector<std::int64_t>& original, const Getter& get);
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;
+  struct Qkv {
+    at::Tensor q, k, v;  ///< [B, H, T, D] (q contiguous, q and k rotated), [B, Hkv, T, D] x2
+  };
+  /// A block's attention input side: norm, q/k/v projections, RoPE.
+  Qkv project_qkv(const Block& blk, const at::Tensor& x, const RopeTables& rt) const;
+  /// The rest of a block after attention: o_proj, residual, norm, SwiGLU MLP, residual.
+  at::Tensor finish_block(const Block& blk, const at::Tensor& x, const at::Tensor& attn) const;
 
   ModelConfig cfg_;
   at::Device device_{at::kCPU};

@@ -1,0 +1,91 @@
+// DecodeGraph's static decode step (the step a CUDA graph captures) against Model::forward: the
+// same logits for every architecture (GQA, llama3 RoPE, Qwen2 biases, Mistral's sliding window),
+// a left-padded batch, and the cache left exactly as forward leaves it. On a CUDA machine the
+// captured graph is checked against eager decoding too.
+#include <ATen/ATen.h>
+#include <doctest/doctest.h>
+
+#include "kvlab/core/error.hpp"
+#include "kvlab/llm/decode_graph.hpp"
+#include "kvlab/llm/generate.hpp"
+#include "tiny_model.hpp"
+
+using namespace kvlab;
+
+namespace {
+
+/// Prefills `pb` and decodes `steps` greedy tokens, by forward() or through a DecodeGraph.
+/// Returns the stacked logits [steps, B, V] and leaves the cache in `cache`.
+at::Tensor decode(const llm::Model& m, const llm::PaddedBatch& pb, std::int64_t steps, bool via_graph,
+                  bool use_cuda_graph, llm::KVCache& cache) {
+  cache = m.make_cache(pb.tokens.size(0));
+  llm::ForwardOptions fo;
+  fo.logits = llm::LogitsMode::last;
+  at::Tensor lg = m.forward(pb.tokens, pb.positions, cache, fo);
+  std::unique_ptr<llm::DecodeGraph> g;
+  if (via_graph) g = std::make_unique<llm::DecodeGraph>(m, cache, steps, use_cuda_graph);
+  std::vector<at::Tensor> out;
+  for (std::int64_t s = 0; s < steps; ++s) {
+    at::Tensor tok = lg.argmax(-1).cpu().view({-1, 1});
+    std::vector<std::int64_t> np = cache.next_positions();
+    at::Tensor pos = at::tensor(np, at::kLong).view({-1, 1});
+    lg = via_graph ? g->step(tok, pos) : m.forward(tok, pos, cache, fo);
+    out.push_back(lg.cpu());
+  }
+  return at::stack(out);
+}
+
+double max_diff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
+
+}  // namespace
+
+TEST_CASE("DecodeGraph: the static step equals forward() decoding, for every architecture") {
+  for (llm::Arch arch : {llm::Arch::llama, llm::Arch::qwen2, llm::Arch::mistral}) {
+    CAPTURE(static_cast<int>(arch));
+    llm::ModelConfig c = test::tiny_llm_config(arch);
+    if (arch == llm::Arch::mistral) c.sliding_window = 6;  // shorter than prompt + steps
+    const llm::Model m = llm::Model::from_file(test::tiny_llm_file(c));
+    const llm::PaddedBatch pb = llm::left_pad({{3, 14, 15, 9, 26, 5, 35}, {8, 9}}, 0);
+    llm::KVCache ce, cg;
+    const at::Tensor eager = decode(m, pb, 9, false, false, ce);
+    const at::Tensor graph = decode(m, pb, 9, true, false, cg);
+    CHECK(max_diff(eager, graph) < 1e-5);
+    CHECK(at::equal(eager.argmax(-1), graph.argmax(-1)));
+    // The cache ends up the same: lengths, positions, keys, next positions.
+    CHECK(cg.next_positions() == ce.next_positions());
+    for (std::int64_t l = 0; l < m.num_layers(); ++l) {
+      REQUIRE(cg.layer(l).length() == ce.layer(l).length());
+      CHECK(at::equal(cg.layer(l).positions(), ce.layer(l).positions()));
+      CHECK(max_diff(cg.layer(l).keys(), ce.layer(l).keys()) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("DecodeGraph: refuses what it cannot replay, and a cache changed behind its back") {
+  const llm::Model m = test::tiny_llm();
+  llm::KVCache cache = m.make_cache(1);
+  llm::FullAttention full;
+  CHECK(llm::DecodeGraph::unsupported_reason(m, cache, &full, false).find("policy") != std::string::npos);
+  CHECK(llm::DecodeGraph::unsupported_reason(m, cache, nullptr, true) != "");  // CPU model
+  llm::KVCache paged = m.make_cache(1, {/*page_size=*/4});
+  CHECK(llm::DecodeGraph::unsupported_reason(m, paged, nullptr, false).find("page") != std::string::npos);
+  CHECK_THROWS_AS(llm::DecodeGraph(m, paged, 4, false), UsageError);
+
+  m.forward(at::tensor({1, 2, 3}, at::kLong).view({1, 3}), test::arange_positions(1, 3), cache);
+  llm::DecodeGraph g(m, cache, 2, false);
+  g.step(at::tensor({4}, at::kLong).view({1, 1}), at::tensor({3}, at::kLong).view({1, 1}));
+  CHECK(g.steps_left() == 1);
+  m.forward(at::tensor({5}, at::kLong).view({1, 1}), at::tensor({4}, at::kLong).view({1, 1}), cache);
+  CHECK_THROWS(g.step(at::tensor({6}, at::kLong).view({1, 1}), at::tensor({5}, at::kLong).view({1, 1})));
+}
+
+TEST_CASE("DecodeGraph: a captured CUDA graph replays eager decoding" * doctest::skip(!at::hasCUDA())) {
+  llm::ModelConfig c = test::tiny_llm_config(llm::Arch::llama);
+  const llm::Model m = llm::Model::from_file(test::tiny_llm_file(c), {"cuda", "float32"});
+  const llm::PaddedBatch pb = llm::left_pad({{3, 14, 15, 9, 26}, {7, 8, 9}}, 0);
+  llm::KVCache ce, cg;
+  const at::Tensor eager = decode(m, pb, 12, false, false, ce);
+  const at::Tensor graph = decode(m, pb, 12, true, true, cg);
+  CHECK(max_diff(eager, graph) < 1e-4);
+  CHECK(at::equal(eager.argmax(-1), graph.argmax(-1)));
+}
