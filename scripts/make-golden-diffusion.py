@@ -6,7 +6,16 @@
            diffusers/transformers report them: sum(p.numel() for p in module.parameters()).
            Writes tests/data/mobile/golden-params.json.
 
+  onnx KVLAB
+           the ONNX round trip on the tiny config (run by hand: CI has no onnxruntime): runs
+           `KVLAB mobile-plan export data/diffusion/tiny` (random fp32 weights named after the
+           diffusers parameters, several chunks per component), loads those weights into the
+           diffusers/transformers models, runs the exported chunks in sequence with onnxruntime
+           and compares with the unrewritten models' outputs. Writes
+           tests/data/mobile/onnx-roundtrip.json (the max differences).
+
 Usage: /tmp/venv-mobile/bin/python scripts/make-golden-diffusion.py params
+       /tmp/venv-mobile/bin/python scripts/make-golden-diffusion.py onnx build/bin/kvlab
 (the venv: python3 -m venv /tmp/venv-mobile, a .pth pointing at a torch+transformers venv,
  pip install diffusers onnxruntime onnx)
 """
@@ -58,6 +67,122 @@ def params():
     (OUT / "golden-params.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
+def state_dict_from_onnx(models):
+    """diffusers/transformers state dict from the exported initializers (see mobile_onnx.hpp)."""
+    import numpy as np
+    from onnx import numpy_helper
+    sd, halves = {}, {}
+    for m in models:
+        for t in m.graph.initializer:
+            if t.name.startswith("const/"):
+                continue
+            a = numpy_helper.to_array(t)
+            name = t.name
+            if name.endswith(".weight_t"):
+                base, a = name[: -len(".weight_t")], a.T
+                kind = "weight"
+            else:
+                base, kind = name.rsplit(".", 1)
+            if base.endswith(".value") or base.endswith(".gate"):
+                proj, half = base.rsplit(".", 1)
+                halves.setdefault((proj, kind), {})[half] = a
+                continue
+            if a.ndim == 3 and a.shape[-1] == 1:  # 4-D GroupNorm affine [G, C/G, 1]
+                a = a.reshape(-1)
+            sd[base + "." + kind] = a
+    for (proj, kind), h in halves.items():  # GEGLU: value rows first, then gate rows
+        sd[proj + "." + kind] = np.concatenate([h["value"], h["gate"]], axis=0)
+    return sd
+
+
+def run_chunks(sessions, manifest_chunks, feeds):
+    env = dict(feeds)
+    for sess, c in zip(sessions, manifest_chunks):
+        outs = sess.run(c["outputs"], {k: env[k] for k in c["inputs"]})
+        env.update(zip(c["outputs"], outs))
+    return env
+
+
+def onnx_roundtrip(kvlab):
+    import subprocess
+    import tempfile
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    tiny = DATA / "tiny"
+    out = pathlib.Path(tempfile.mkdtemp()) / "tiny-onnx"
+    subprocess.run([kvlab, "--seed", "7", "mobile-plan", "export", str(tiny), "--profile-dir",
+                    str(ROOT / "data" / "mobile"), "--cap-mb", "0.5", "-o", str(out)], check=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    te, unet, vae = load_models(tiny)
+    torch.manual_seed(0)
+    result = {"made_by": "scripts/make-golden-diffusion.py onnx", "onnxruntime": ort.__version__,
+              "note": "exported graph uses the stable GELU (tanh, z clamped to +-5); 'exact' compares "
+                      "with the unrewritten erf-GELU models, 'tanh' with GELU(approximate='tanh')",
+              "components": {}}
+    for comp, model in (("text_encoder", te), ("unet", unet), ("vae_decoder", vae)):
+        chunks = manifest["components"][comp]
+        models = [onnx.load(str(out / c["file"])) for c in chunks]
+        for m in models:
+            onnx.checker.check_model(m)
+        sd = state_dict_from_onnx(models)
+        if comp == "text_encoder":
+            sd = {"text_model." + k: v for k, v in sd.items()}
+        missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, strict=False)
+        assert not unexpected, unexpected
+        if comp == "vae_decoder":
+            missing = [k for k in missing if not (k.startswith("encoder.") or k.startswith("quant_conv."))]
+        assert not missing, missing
+        model.eval()
+        sessions = [ort.InferenceSession(str(out / c["file"]), providers=["CPUExecutionProvider"]) for c in chunks]
+        with torch.no_grad():
+            if comp == "text_encoder":
+                ids = torch.randint(0, te.config.vocab_size, (1, te.config.max_position_embeddings))
+                ref = lambda: model(ids).last_hidden_state
+                feeds = {"input_ids": ids.numpy()}
+                last = "final_layer_norm"
+            elif comp == "unet":
+                lat = unet.config.sample_size
+                sample = torch.randn(1, unet.config.in_channels, lat, lat)
+                ctx = torch.randn(1, te.config.max_position_embeddings, te.config.hidden_size)
+                t = torch.tensor([500])
+                ref = lambda: model(sample, t, encoder_hidden_states=ctx).sample
+                feeds = {"sample": sample.numpy(), "encoder_hidden_states": ctx.numpy(),
+                         "time_proj": model.time_proj(t).numpy()}
+                last = "conv_out"
+            else:
+                lat = vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1)
+                z = torch.randn(1, vae.config.latent_channels, lat, lat)
+                ref = lambda: model.decode(z).sample
+                feeds = {"latent": z.numpy()}
+                last = "decoder.conv_out"
+            exact = ref().numpy()
+            gelus = [m for m in model.modules() if m.__class__.__name__ in ("GELU", "GEGLU")]
+            for m in model.modules():  # the tanh form: torch's GELU(approximate='tanh')
+                if m.__class__.__name__ == "GEGLU":
+                    m.gelu = lambda g: torch.nn.functional.gelu(g, approximate="tanh")
+            if comp == "text_encoder":
+                import transformers.activations as A
+                for layer in model.text_model.encoder.layers:
+                    if isinstance(layer.mlp.activation_fn, A.GELUActivation):
+                        layer.mlp.activation_fn = A.NewGELUActivation()
+            tanh = ref().numpy()
+        env = run_chunks(sessions, chunks, feeds)
+        got = env[last]
+        result["components"][comp] = {
+            "chunks": len(chunks), "nodes": sum(c["nodes"] for c in chunks),
+            "max_abs_ref": float(np.abs(exact).max()),
+            "max_abs_diff_exact": float(np.abs(got - exact).max()),
+            "max_abs_diff_tanh": float(np.abs(got - tanh).max()),
+            "gelu_modules": len(gelus)}
+        print(comp, result["components"][comp])
+    (OUT / "onnx-roundtrip.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "params"
-    {"params": params}[cmd]()
+    if cmd == "onnx":
+        onnx_roundtrip(sys.argv[2])
+    else:
+        {"params": params}[cmd]()
