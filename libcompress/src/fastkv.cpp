@@ -68,7 +68,10 @@ FastKVSelection FastKVPolicy::select(const at::Tensor& keys, const at::Tensor& q
   budget = std::max(budget, w);
   const c10::ScalarType dt = queries.scalar_type();
   at::Tensor q = queries.narrow(2, queries.size(2) - w, w);
-  at::Tensor a = at::matmul(q, repeat_kv(keys.to(dt), g).transpose(2, 3)) /
+  // The GQA group's window queries batched against their KV head: the products of repeat_kv +
+  // matmul without materialising H copies of K.
+  at::Tensor a = at::matmul(q.reshape({b, hkv, g * w, d}), keys.to(dt).transpose(2, 3))
+                     .view({b, h, w, len}) /
                  std::sqrt(static_cast<double>(d));  // [B, H, w, L]
   // Causal mask inside the w x w block: + finfo(dtype).min above the diagonal, as the official.
   {

@@ -19,6 +19,15 @@ at::Tensor repeat_kv(const at::Tensor& x, std::int64_t groups) {
   return x.unsqueeze(2).expand({b, h, groups, l, d}).reshape({b, h * groups, l, d});
 }
 
+// q [B, H, T, D] . k [B, Hkv, L, D]^T -> [B, H, T, L], the GQA group's queries batched against
+// their KV head (the same products as repeat_kv + matmul, without materialising H copies of K).
+at::Tensor grouped_scores(const at::Tensor& q, const at::Tensor& k) {
+  const auto b = q.size(0), h = q.size(1), t = q.size(2), d = q.size(3);
+  const auto hkv = k.size(1), l = k.size(2);
+  at::Tensor qg = q.reshape({b, hkv, (h / hkv) * t, d});
+  return at::matmul(qg, k.transpose(2, 3)).view({b, h, t, l});
+}
+
 at::Tensor pool1d(const at::Tensor& s, const std::string& pooling, std::int64_t kernel) {
   if (pooling == "avgpool")
     return at::avg_pool1d(s, {kernel}, {1}, {kernel / 2}, /*ceil_mode=*/false,
@@ -137,8 +146,7 @@ at::Tensor RpcPolicy::select(const at::Tensor& keys, const at::Tensor& selectors
   // As RPCCluster.compress_kv, in the tensors' dtype: scores of every selector against the
   // compressible region [prompt, L - R), softmax over that region only (fp32, cast back), summed
   // over the selectors.
-  at::Tensor kr = repeat_kv(keys.narrow(2, prompt_len, region), g);
-  at::Tensor a = at::matmul(selectors.to(keys.scalar_type()), kr.transpose(2, 3)) /
+  at::Tensor a = grouped_scores(selectors.to(keys.scalar_type()), keys.narrow(2, prompt_len, region)) /
                  std::sqrt(static_cast<double>(d));
   at::Tensor vr;
   if (valid.defined()) {
