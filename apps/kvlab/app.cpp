@@ -33,6 +33,7 @@ const std::vector<Command>& commands() {
       {"eval", register_eval, true},
       {"generate", register_generate, false},
       {"bench-decode", register_bench_decode, false},
+      {"prune-blocks", register_prune_blocks, true},
       // binary and spiking networks
       {"bnn-train", register_bnn_train, true},
       {"snn-train", register_snn_train, true},

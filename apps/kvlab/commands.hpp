@@ -77,5 +77,6 @@ void register_snn_train(CLI::App& app, GlobalOptions& global);
 void register_eval(CLI::App& app, GlobalOptions& global);
 void register_generate(CLI::App& app, GlobalOptions& global);
 void register_bench_decode(CLI::App& app, GlobalOptions& global);
+void register_prune_blocks(CLI::App& app, GlobalOptions& global);
 
 }  // namespace kvlab::cli

@@ -265,9 +265,13 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positio
   at::Tensor pos = pos_cpu.to(device_);
   const Phase phase = tokens.size(1) == 1 ? Phase::decode : Phase::prefill;
 
-  at::Tensor x = at::embedding(embed_, tokens);  // [B, T, C]
+  TORCH_CHECK(o.first_block >= 0 && o.first_block <= num_layers() &&
+                  (o.first_block == 0 || o.input_hidden.defined()),
+              "Model::forward: first_block needs input_hidden and must be in [0, num_layers]");
+  at::Tensor x = o.input_hidden.defined() ? o.input_hidden.to(device_, dtype_)
+                                          : at::embedding(embed_, tokens);  // [B, T, C]
   RopeTables rt = rope_tables(inv_freq_, pos, dtype_);
-  for (std::int64_t li = 0; li < num_layers(); ++li) {
+  for (std::int64_t li = o.first_block; li < num_layers(); ++li) {
     const Block& blk = blocks_[static_cast<std::size_t>(li)];
     LayerKV& kv = cache.layer(li);
     const std::int64_t t = x.size(1);
@@ -322,6 +326,10 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positio
   }
   if (o.policy) o.policy->after_forward(cache, phase);
   return logits;
+}
+
+at::Tensor Model::embed_tokens(const at::Tensor& tokens) const {
+  return at::embedding(embed_, tokens.to(device_, at::kLong));
 }
 
 ModelFile Model::to_file() const {

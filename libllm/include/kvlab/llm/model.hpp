@@ -76,6 +76,10 @@ struct ForwardOptions {
   CachePolicy* policy = nullptr;  ///< nullptr: full attention
   /// When set, receives the hidden state after every block ([B, T', C]; for prune-blocks).
   std::vector<at::Tensor>* hidden_states = nullptr;
+  /// prune-blocks: when defined ([B, T, C], model dtype), the input of block `first_block`; the
+  /// embedding and the blocks before `first_block` are not run (tokens still give the shape).
+  at::Tensor input_hidden;
+  std::int64_t first_block = 0;
 };
 
 class Model {
@@ -116,6 +120,8 @@ class Model {
   /// Returns float32 logits [B, V] of the step.
   at::Tensor decode_static(const at::Tensor& tokens, const at::Tensor& positions,
                            const at::Tensor& slot, KVCache& cache) const;
+  /// The token embeddings [B, T, C] (the input of block 0), for prune-blocks.
+  at::Tensor embed_tokens(const at::Tensor& tokens) const;
   /// The weights under their HF names, on the CPU in the model's dtype, with the current block
   /// list (renumbered) and original indices: what write_model / export-hf need.
   ModelFile to_file() const;

@@ -1,0 +1,272 @@
+// prune-blocks: calibration windows (Python-random parity), the remove-count rules, the cached
+// search against the plain recomputing search on the trained fixture model, the golden removal
+// order of SLEB's official code (tests/data/sleb), the one-shot metrics and the pruned artifact.
+#include <doctest/doctest.h>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "../llm/tiny_model.hpp"
+#include "../test_util.hpp"
+#include "kvlab/compress/prune.hpp"
+#include "kvlab/core/h5.hpp"
+#include "kvlab/llm/data.hpp"
+#include "kvlab/llm/import_export.hpp"
+
+using namespace kvlab;
+using compress::PruneMetric;
+using compress::PruneOptions;
+
+namespace {
+
+// The fixture model imported once per test binary (float32 compute).
+const std::filesystem::path& fixture_artifact() {
+  static const std::filesystem::path p = [] {
+    const auto out = test::scratch("kjv-prune.h5");
+    core::NullProgress np;
+    llm::import_hf(test::source_path("data/kjv-byte-llama"), out, {}, core::Provenance{}, np);
+    return out;
+  }();
+  return p;
+}
+
+const llm::Model& fixture_model() {
+  static const llm::Model m = llm::load_model(fixture_artifact(), {"cpu", "float32"});
+  return m;
+}
+
+// Byte ids of the committed KJV calibration text (Genesis; not in the held-out split).
+at::Tensor calib_ids() {
+  const std::string text = test::read_file(test::source_path("tests/data/sleb/calib.txt"));
+  REQUIRE(text.size() > 4096);
+  return at::tensor(llm::bytes_to_ids(text), at::kLong);
+}
+
+}  // namespace
+
+TEST_CASE("prune: window starts reproduce Python's random.seed + randint") {
+  // python3 -c "import random; random.seed(0); print([random.randint(0, 1000) for _ in range(5)])"
+  CHECK(compress::python_randint(0, 0, 1000, 5) == std::vector<std::int64_t>{864, 394, 776, 911, 430});
+  CHECK(compress::python_randint(1234, 0, 214970, 5) ==
+        std::vector<std::int64_t>{203991, 115535, 30631, 1963, 23761});
+  CHECK(compress::python_randint(0, 0, std::int64_t(1) << 33, 3) ==
+        std::vector<std::int64_t>{7921731533, 1806341205, 6490875490});
+}
+
+TEST_CASE("prune: calibration windows and their errors") {
+  at::Tensor ids = at::arange(100, at::kLong);
+  compress::CalibOptions o;
+  o.len = 30;
+  o.windows = 5;
+  o.sampling = compress::CalibSampling::contiguous;
+  at::Tensor w = compress::make_calibration_windows(ids, o, "x.txt");
+  CHECK(w.sizes() == at::IntArrayRef({3, 30}));  // floor(100 / 30), capped by nothing
+  CHECK(w[2][0].item<std::int64_t>() == 60);
+  o.sampling = compress::CalibSampling::random;
+  o.seed = 0;
+  w = compress::make_calibration_windows(ids, o, "x.txt");
+  CHECK(w.sizes() == at::IntArrayRef({5, 30}));
+  const auto starts = compress::python_randint(0, 0, 100 - 30 - 1, 5);
+  for (int i = 0; i < 5; ++i) CHECK(w[i][0].item<std::int64_t>() == starts[i]);
+  o.len = 200;
+  const std::string msg = test::error_of([&] { compress::make_calibration_windows(ids, o, "x.txt"); }, 2);
+  CHECK(msg.find("x.txt") != std::string::npos);
+  CHECK(msg.find("100 tokens") != std::string::npos);
+  CHECK(msg.find("--calib-len") != std::string::npos);
+}
+
+TEST_CASE("prune: remove counts, ratios (ceil, as SLEB's latency.py) and protection") {
+  PruneOptions o;
+  o.remove_ratio = 0.1;
+  CHECK(compress::resolve_remove_count(8, o) == 1);
+  o.remove_ratio = 0.2;
+  CHECK(compress::resolve_remove_count(8, o) == 2);
+  CHECK(compress::resolve_remove_count(10, o) == 2);
+  CHECK(compress::resolve_remove_count(32, o) == 7);
+  o.remove_ratio = 0.3;
+  CHECK(compress::resolve_remove_count(8, o) == 3);
+  o.remove_ratio = 0;
+  o.remove = 7;
+  std::string msg = test::error_of([&] { compress::resolve_remove_count(8, o); }, 2);
+  CHECK(msg.find("at most 6") != std::string::npos);
+  o.remove = 9;
+  msg = test::error_of([&] { compress::resolve_remove_count(8, o); }, 2);
+  CHECK(msg.find("only 8") != std::string::npos);
+  o.remove = 0;
+  test::error_of([&] { compress::resolve_remove_count(8, o); }, 2);
+}
+
+TEST_CASE("prune: the cached search picks exactly what the plain recomputing search picks") {
+  const llm::Model& model = fixture_model();
+  compress::CalibOptions co;
+  co.windows = 3;
+  co.len = 256;
+  const at::Tensor windows = compress::make_calibration_windows(calib_ids(), co, "calib.txt");
+  core::NullProgress np;
+  for (PruneMetric metric : {PruneMetric::sleb, PruneMetric::ppl_oneshot}) {
+    PruneOptions o;
+    o.metric = metric;
+    o.remove = 3;
+    o.batch_windows = 2;
+    o.search = compress::SearchMode::plain;
+    const auto plain = compress::select_blocks(model, windows, o, np);
+    o.search = compress::SearchMode::cached;
+    const auto cached = compress::select_blocks(model, windows, o, np);
+    CAPTURE(compress::prune_metric_name(metric));
+    CHECK(cached.removed == plain.removed);
+    REQUIRE(cached.scores.size() == plain.scores.size());
+    for (std::size_t r = 0; r < plain.scores.size(); ++r)
+      for (std::size_t i = 0; i < plain.scores[r].size(); ++i) {
+        if (std::isnan(plain.scores[r][i])) {
+          CHECK(std::isnan(cached.scores[r][i]));
+        } else {
+          CHECK(cached.scores[r][i] == doctest::Approx(plain.scores[r][i]).epsilon(1e-5));
+        }
+      }
+    // The plain search counts what it ran; the cached one reports the same figure for it.
+    CHECK(plain.block_forwards == plain.plain_block_forwards);
+    CHECK(cached.plain_block_forwards == plain.block_forwards);
+    if (metric == PruneMetric::sleb) {
+      // 8 blocks, 3 rounds of 6, 5, 4 candidates: plain 6*7 + 5*6 + 4*5 = 92; cached: one full
+      // pass (8) + sum over candidates j of the blocks after j (21 + 15 + 10) = 54.
+      CHECK(plain.block_forwards == 92);
+      CHECK(cached.block_forwards == 54);
+      CHECK(cached.scores.size() == 3);
+    }
+    CHECK(cached.kept.size() == 5);
+  }
+}
+
+TEST_CASE("prune: block forwards of the cached search at Llama-2-7B scale (32 blocks, 7 removed)") {
+  // A random 32-block model of tiny width: the counts do not depend on the weights.
+  llm::ModelConfig c = test::tiny_llm_config();
+  c.num_hidden_layers = 32;
+  const llm::Model m = llm::Model::from_file(test::tiny_llm_file(c));
+  const at::Tensor windows = at::randint(0, c.vocab_size, {1, 8}, at::kLong);
+  PruneOptions o;
+  o.remove = 7;
+  core::NullProgress np;
+  const auto r = compress::select_blocks(m, windows, o, np);
+  CHECK(r.plain_block_forwards == 5320);  // sum_{i<7} (30 - i)(31 - i), the reference's cost
+  CHECK(r.block_forwards == 2692);        // 32 + sum_{i<7} (30 - i)(31 - i) / 2
+  CHECK(static_cast<double>(r.plain_block_forwards) / r.block_forwards >= 1.9);
+  CHECK(r.removed.size() == 7);
+}
+
+TEST_CASE("prune: kvlab removes the blocks SLEB's official code removes, in its order") {
+  // tests/data/sleb/golden.json: scripts/make-golden-sleb.py ran the official sleb() loop
+  // (leapingjagg-dev/SLEB) on the fixture converted to float32, with these windows.
+  const auto golden = nlohmann::json::parse(test::read_file(test::source_path("tests/data/sleb/golden.json")));
+  const std::string text = test::read_file(test::source_path("tests/data/sleb/calib.txt"));
+  compress::CalibOptions co;
+  co.len = golden.at("seqlen").get<std::int64_t>();
+  co.windows = golden.at("windows").get<std::int64_t>();
+  co.sampling = compress::CalibSampling::contiguous;  // get_loss: numel // seqlen windows
+  std::vector<std::int64_t> ids = llm::bytes_to_ids(text);
+  ids.resize(static_cast<std::size_t>(golden.at("tokens").get<std::int64_t>()));
+  const at::Tensor windows = compress::make_calibration_windows(at::tensor(ids, at::kLong), co, "calib.txt");
+  CHECK(windows.size(0) == co.windows);
+  PruneOptions o;
+  o.remove = golden.at("num_remove_blocks").get<std::int64_t>();
+  core::NullProgress np;
+  const auto r = compress::select_blocks(fixture_model(), windows, o, np);
+  CHECK(r.removed == golden.at("removal_order").get<std::vector<std::int64_t>>());
+  // Per-round losses: the reference's summed NLL of every candidate.
+  const auto losses = golden.at("round_losses");
+  REQUIRE(losses.size() == r.scores.size());
+  for (std::size_t i = 0; i < losses.size(); ++i)
+    for (const auto& [blk, loss] : losses[i].items())
+      CHECK(r.scores[i][std::stoul(blk)] == doctest::Approx(loss.get<double>()).epsilon(1e-4));
+}
+
+TEST_CASE("prune: one-shot similarity metrics") {
+  const llm::Model& model = fixture_model();
+  compress::CalibOptions co;
+  co.windows = 2;
+  co.len = 128;
+  const at::Tensor windows = compress::make_calibration_windows(calib_ids(), co, "calib.txt");
+  core::NullProgress np;
+  PruneOptions o;
+  o.remove = 2;
+  o.metric = PruneMetric::block_influence;
+  auto r = compress::select_blocks(model, windows, o, np);
+  REQUIRE(r.scores.size() == 1);
+  CHECK(std::isnan(r.scores[0][0]));
+  CHECK(std::isnan(r.scores[0][7]));
+  // The two removed blocks are the two lowest BI among blocks 1..6, lowest first.
+  std::vector<std::pair<double, std::int64_t>> bi;
+  for (std::int64_t i = 1; i < 7; ++i) {
+    CHECK(r.scores[0][i] > 0);
+    CHECK(r.scores[0][i] < 2);
+    bi.emplace_back(r.scores[0][i], i);
+  }
+  std::sort(bi.begin(), bi.end());
+  CHECK(r.removed == std::vector<std::int64_t>{bi[0].second, bi[1].second});
+  CHECK(r.block_forwards == 8);
+
+  // BI recomputed by hand for block 3 from the hidden states.
+  {
+    std::vector<at::Tensor> hs;
+    llm::KVCache cache = model.make_cache(2);
+    llm::ForwardOptions fo;
+    fo.logits = llm::LogitsMode::none;
+    fo.hidden_states = &hs;
+    model.forward(windows, test::arange_positions(2, 128), cache, fo);
+    const double expect = (1.0 - at::cosine_similarity(hs[2], hs[3], -1, 1e-8)).mean().item<double>();
+    CHECK(r.scores[0][3] == doctest::Approx(expect).epsilon(1e-5));
+  }
+
+  o.metric = PruneMetric::angular;
+  r = compress::select_blocks(model, windows, o, np);
+  REQUIRE(r.removed.size() == 2);
+  CHECK(r.removed[1] == r.removed[0] + 1);  // consecutive
+  CHECK(r.removed[0] >= 1);
+  CHECK(r.removed[1] <= 6);
+  for (std::int64_t l = 1; l <= 5; ++l) {
+    CHECK(r.scores[0][l] >= 0);
+    CHECK(r.scores[0][l] <= 1);
+    CHECK(r.scores[0][r.removed[0]] <= r.scores[0][l]);
+  }
+  CHECK(std::isnan(r.scores[0][6]));  // a run of 2 starting at 6 would touch protected block 7
+}
+
+TEST_CASE("prune: the pruned artifact is smaller, loads, and names what was removed") {
+  const llm::ModelFile source = llm::read_model(fixture_artifact());
+  compress::PruneResult r;
+  r.metric = PruneMetric::sleb;
+  r.removed = {5, 2};
+  r.kept = {0, 1, 3, 4, 6, 7};
+  r.num_blocks_before = 8;
+  r.scores = {std::vector<double>(8, 1.0), std::vector<double>(8, 2.0)};
+  r.block_forwards = 10;
+  r.plain_block_forwards = 20;
+  const auto out = test::scratch("pruned.h5");
+  std::filesystem::remove(out);
+  compress::write_pruned_model(out, fixture_artifact(), source, r, {}, core::Provenance{});
+  CHECK(std::filesystem::file_size(out) < std::filesystem::file_size(fixture_artifact()));
+  const llm::ModelFile pruned = llm::read_model(out);
+  CHECK(pruned.config.num_hidden_layers == 6);
+  CHECK(pruned.original_layer_indices == std::vector<std::int64_t>{0, 1, 3, 4, 6, 7});
+  // Stored dtype kept (the fixture is bf16), and block 3 of the pruned file is original block 4.
+  CHECK((pruned.weights.at("model.layers.3.mlp.up_proj.weight").scalar_type() ==
+         source.weights.at("model.layers.4.mlp.up_proj.weight").scalar_type()));
+  CHECK(at::equal(pruned.weights.at("model.layers.3.mlp.up_proj.weight"),
+                  source.weights.at("model.layers.4.mlp.up_proj.weight")));
+  const h5::File f = h5::File::open(out);
+  const h5::Group g = f.root().group("prune_blocks");
+  CHECK(g.attr_string("metric") == "sleb");
+  CHECK(g.read_vec<std::int64_t>("removed") == std::vector<std::int64_t>{5, 2});
+  CHECK(g.info("scores").shape == h5::Shape{2, 8});
+  // The pruned model runs: same logits as the in-memory model with the same blocks removed.
+  llm::Model a = llm::load_model(out, {"cpu", "float32"});
+  llm::Model b = llm::Model::from_file(source, {"cpu", "float32"});
+  b.remove_blocks({2, 5});
+  const at::Tensor tok = at::randint(0, 256, {1, 16}, at::kLong);
+  llm::KVCache ca = a.make_cache(1), cb = b.make_cache(1);
+  CHECK(at::allclose(a.forward(tok, test::arange_positions(1, 16), ca),
+                     b.forward(tok, test::arange_positions(1, 16), cb)));
+}
