@@ -100,7 +100,8 @@ void RpcPolicy::before_attention(llm::AttentionStep& s) {
   // Official: cache the query when target > P - R (R - 1 queries, the current one among them),
   // then append the current one again. Fixed: cache when target >= P - R (the last R queries).
   const bool cache_it = opt_.duplicate_current_query ? target > p - r : target >= p - r;
-  if (cache_it) st.queries.push_back(s.q);
+  // A copy: the runtime may reuse its query buffer between steps (static decode paths).
+  if (cache_it) st.queries.push_back(s.q.clone());
   st.trigger = target == p - 1;
 }
 
