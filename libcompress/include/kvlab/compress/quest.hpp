@@ -108,8 +108,10 @@ class QuestPolicy : public llm::CachePolicy {
   const QuestOptions& options() const { return opt_; }
   std::int64_t budget_tokens() const { return budget_; }
 
-  const SparseReadStats& stats() const { return stats_; }
-  void reset_stats() { stats_ = {}; }
+  /// Counters so far. The per-step sums stay on the model's device until read here (one
+  /// synchronisation per call, none per step).
+  const SparseReadStats& stats() const;
+  void reset_stats();
 
   /// One layer's sparse decode attention for the current queries (T = 1): selection, gather,
   /// attention. `selected` receives the pages [B, H, n] (sorted ascending), `sel_keys` the slot
@@ -130,9 +132,17 @@ class QuestPolicy : public llm::CachePolicy {
   bool is_dense_layer(std::int64_t layer) const { return layer < opt_.dense_layers; }
 
  protected:
+  /// Adds a step's sums to the device-side accumulators: visible, read, supplementary entries
+  /// and exposure (tensors of any shape; summed), plus `queries` sparse queries.
+  void account(std::int64_t queries, const at::Tensor& visible, const at::Tensor& read,
+               const at::Tensor& supplementary, const at::Tensor& exposure);
+  /// The attention scale of the step (1/sqrt(head_dim), as the runtime).
+  static double scale_of(const llm::AttentionStep& s);
+
   QuestOptions opt_;
   std::int64_t budget_ = 0;
-  SparseReadStats stats_;
+  mutable SparseReadStats stats_;
+  mutable at::Tensor acc_;  // float64 [4] on the device: visible, read, supplementary, exposure
 };
 
 }  // namespace kvlab::compress

@@ -66,6 +66,10 @@ class RetroPolicy : public QuestPolicy {
   /// Effective-KV-exposure statistics: stats().exposure_ratio() is retro's exposure relative to
   /// Quest's for the same queries; stats().supplementary_entries the extra entries read.
   const SparseReadStats& exposure() const { return stats(); }
+  /// The cached (possibly revised) attention output and log-sum-exp of decode step `step`
+  /// (0-based since the sequence started) at `layer`, while that step is in the window
+  /// (nullopt otherwise, and lse undefined for dense layers): what the next steps merge into.
+  std::optional<AttentionWithLse> cached_output(std::int64_t step, std::int64_t layer) const;
   /// Forgets the window (a new sequence). Called automatically when a forward starts on an empty
   /// cache.
   void reset();
