@@ -29,6 +29,7 @@ fi
 pkgs=(
   build-essential cmake ninja-build pkg-config git
   libcli11-dev libfmt-dev zlib1g-dev libeigen3-dev libhdf5-dev hdf5-tools doctest-dev nlohmann-json3-dev
+  libpcre2-dev libicu-dev
   libopenblas0-openmp
   python3 python3-numpy python3-h5py
   dataset-fashion-mnist bible-kjv-text bible-kjv

@@ -4,13 +4,18 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <unistd.h>
 #include <fstream>
 #include <regex>
 
 #include "kvlab/core/error.hpp"
 #include "kvlab/core/h5.hpp"
+#include "kvlab/core/progress.hpp"
 #include "kvlab/llm/model_io.hpp"
+#include "kvlab/llm/tokenizer.hpp"
 
 namespace kvlab::llm {
 
@@ -164,6 +169,15 @@ at::Tensor read_h5(const fs::path& p, const std::string& dataset, std::vector<st
   }
 }
 
+TokenFileFormat resolve_format(const fs::path& path, TokenFileFormat f, std::int64_t vocab_size) {
+  if (f != TokenFileFormat::automatic) return f;
+  const std::string ext = path.extension().string();
+  if (ext == ".bin") return vocab_size > 65536 ? TokenFileFormat::bin_u32 : TokenFileFormat::bin_u16;
+  if (ext == ".npy") return TokenFileFormat::npy;
+  if (ext == ".h5" || ext == ".hdf5" || h5::is_hdf5(path)) return TokenFileFormat::hdf5;
+  return TokenFileFormat::text;
+}
+
 }  // namespace
 
 std::vector<std::int64_t> bytes_to_ids(const std::string& s) {
@@ -185,14 +199,7 @@ TokenData read_tokens(const fs::path& path, const TokenFileOptions& opt, std::in
   KVLAB_THROW_IF(!fs::exists(path), FormatError, "{}: no such data file", path.string());
   TokenData d;
   d.path = path.string();
-  TokenFileFormat f = opt.format;
-  if (f == TokenFileFormat::automatic) {
-    const std::string ext = path.extension().string();
-    if (ext == ".bin") f = vocab_size > 65536 ? TokenFileFormat::bin_u32 : TokenFileFormat::bin_u16;
-    else if (ext == ".npy") f = TokenFileFormat::npy;
-    else if (ext == ".h5" || ext == ".hdf5" || h5::is_hdf5(path)) f = TokenFileFormat::hdf5;
-    else f = TokenFileFormat::text;
-  }
+  const TokenFileFormat f = resolve_format(path, opt.format, vocab_size);
   d.format = f;
   switch (f) {
     case TokenFileFormat::bin_u16: d.ids = read_bin(path, 2); break;
@@ -201,7 +208,7 @@ TokenData read_tokens(const fs::path& path, const TokenFileOptions& opt, std::in
     case TokenFileFormat::hdf5: d.ids = read_h5(path, opt.dataset, d.shape); break;
     case TokenFileFormat::text: {
       KVLAB_THROW_IF(!byte_level, UsageError,
-                     "{}: read as raw text, but this model is not byte-level (vocab {}); give "
+                     "{}: read as raw text, but this model is not byte-level (vocab {}) and has no tokenizer; give "
                      "token ids (.bin, .npy, .h5) or pass --data-format",
                      path.string(), vocab_size);
       const std::vector<std::int64_t> v = bytes_to_ids(slurp(path));
@@ -229,8 +236,93 @@ TokenData read_model_data(const fs::path& data, const TokenFileOptions& opt,
                           const fs::path& model_artifact) {
   const ModelFile m = read_model_params(model_artifact);
   const std::int64_t v = m.config.vocab_size;
-  // Byte-level: ids 0..255 are raw bytes (vocab 256..511, as Model::byte_level()).
-  return read_tokens(data, opt, v, v >= 256 && v < 512);
+  const bool byte_level = v >= 256 && v < 512;  // as Model::byte_level()
+  KVLAB_THROW_IF(!fs::exists(data), FormatError, "{}: no such data file", data.string());
+  if (!m.tokenizer || resolve_format(data, opt.format, v) != TokenFileFormat::text)
+    return read_tokens(data, opt, v, byte_level);
+  // UTF-8 text through the model's own tokenizer (no BOS/EOS added).
+  const auto tok = Tokenizer::create(*m.tokenizer);
+  std::vector<std::int64_t> ids;
+  encode_text_file(*tok, data, [&](const std::vector<std::int64_t>& c) { ids.insert(ids.end(), c.begin(), c.end()); });
+  TokenData d;
+  d.path = data.string();
+  d.format = TokenFileFormat::text;
+  d.ids = at::tensor(ids, at::kLong);
+  d.shape = {d.ids.numel()};
+  if (!ids.empty()) {
+    const auto [lo, hi] = std::minmax_element(ids.begin(), ids.end());
+    KVLAB_THROW_IF(*lo < 0 || *hi >= v, FormatError,
+                   "{}: the tokenizer of {} produced id {} outside the model's vocabulary [0, {}); "
+                   "the model file is inconsistent, re-import it",
+                   data.string(), model_artifact.string(), *lo < 0 ? *lo : *hi, v);
+  }
+  return d;
+}
+
+TokenizeResult tokenize_file(const Tokenizer& t, std::int64_t vocab_size, const fs::path& text,
+                             const fs::path& out, const TokenizeOptions& opt,
+                             core::Progress& progress) {
+  KVLAB_THROW_IF(opt.format != "bin" && opt.format != "h5", UsageError,
+                 "--format {}: expected bin or h5", opt.format);
+  KVLAB_THROW_IF(!fs::exists(text), UsageError, "--text {}: no such file", text.string());
+  const auto t0 = std::chrono::steady_clock::now();
+  TokenizeResult r;
+  r.width = std::max(vocab_size, t.vocab_size()) > 65536 ? 4 : 2;
+  const std::int64_t limit = std::int64_t{1} << (8 * r.width);
+  fs::path partial = out;
+  partial += fmt::format(".partial.{}", ::getpid());
+  std::ofstream bin;
+  std::vector<std::uint32_t> all;
+  if (opt.format == "bin") {
+    bin.open(partial, std::ios::binary | std::ios::trunc);
+    KVLAB_THROW_IF(!bin, IoError, "{}: cannot write", partial.string());
+  }
+  std::vector<char> buf;
+  auto put = [&](const std::vector<std::int64_t>& ids) {
+    if (opt.format == "h5") {
+      for (auto i : ids) all.push_back(static_cast<std::uint32_t>(i));
+    } else {
+      buf.resize(ids.size() * static_cast<std::size_t>(r.width));
+      for (std::size_t k = 0; k < ids.size(); ++k) {
+        const auto v = static_cast<std::uint32_t>(ids[k]);
+        for (int b = 0; b < r.width; ++b)
+          buf[k * static_cast<std::size_t>(r.width) + static_cast<std::size_t>(b)] = static_cast<char>((v >> (8 * b)) & 0xFF);
+      }
+      bin.write(buf.data(), static_cast<std::streamsize>(buf.size()));
+    }
+    for (auto i : ids)
+      KVLAB_THROW_IF(i < 0 || i >= limit, FormatError, "{}: token id {} does not fit uint{}",
+                     text.string(), i, 8 * r.width);
+    r.tokens += static_cast<std::int64_t>(ids.size());
+  };
+  try {
+    if (opt.add_bos && t.bos_id() >= 0) put({t.bos_id()});
+    r.bytes = encode_text_file(t, text, put, &progress, opt.chunk_bytes);
+    if (opt.add_eos && t.eos_id() >= 0) put({t.eos_id()});
+    if (opt.format == "bin") {
+      bin.close();
+      KVLAB_THROW_IF(!bin, IoError, "{}: write failed (disk full?)", partial.string());
+    } else {
+      h5::File f = h5::File::create(partial);
+      h5::Group root = f.root();
+      if (r.width == 2) {
+        std::vector<std::uint16_t> v(all.begin(), all.end());
+        root.write_vec("tokens", v);
+      } else {
+        root.write_vec("tokens", all);
+      }
+      f.close();
+    }
+    std::error_code ec;
+    fs::rename(partial, out, ec);
+    KVLAB_THROW_IF(ec, IoError, "{}: cannot rename into place: {}", out.string(), ec.message());
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(partial, ec);
+    throw;
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
 }
 
 std::vector<std::int64_t> parse_id_list(const std::string& s, const std::string& what) {

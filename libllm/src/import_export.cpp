@@ -21,6 +21,7 @@
 #include "kvlab/llm/gguf.hpp"
 #include "kvlab/llm/model_io.hpp"
 #include "kvlab/llm/safetensors.hpp"
+#include "kvlab/llm/tokenizer.hpp"
 
 namespace kvlab::llm {
 namespace fs = std::filesystem;
@@ -177,6 +178,8 @@ ImportResult import_hf(const fs::path& dir, const fs::path& out, const ImportHfO
     progress.update(++r.tensors);
   }
   progress.end();
+  if (fs::exists(dir / "tokenizer.json") || fs::exists(dir / "tokenizer.model"))
+    write_tokenizer(w.root(), tokenizer_from_hf(dir));
   r.header = w.commit();
   r.config = stored;
   r.dtype = dtypes.size() == 1 ? *dtypes.begin() : "mixed";
@@ -235,27 +238,6 @@ std::vector<double> llama3_factors(const ModelConfig& c) {
     }
   }
   return f;
-}
-
-// Writes a 1-D dataset of variable-length UTF-8 strings (h5.hpp only writes string attributes,
-// which HDF5 limits to 64 KiB; a 128k-token vocabulary needs a dataset).
-void write_string_dataset(h5::Group& g, const std::string& name,
-                          const std::vector<std::string>& v) {
-  h5::Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
-  H5Tset_size(type.get(), H5T_VARIABLE);
-  H5Tset_cset(type.get(), H5T_CSET_UTF8);
-  const hsize_t n = v.size();
-  h5::Handle sp(H5Screate_simple(1, &n, nullptr), H5Sclose);
-  h5::Handle ds(H5Dcreate2(g.id(), name.c_str(), type.get(), sp.get(), H5P_DEFAULT, H5P_DEFAULT,
-                           H5P_DEFAULT),
-                H5Dclose);
-  KVLAB_THROW_IF(!ds.valid(), IoError, "{}:{}/{}: cannot create dataset", g.file(), g.path(), name);
-  std::vector<const char*> ptrs;
-  ptrs.reserve(v.size());
-  for (const auto& s : v) ptrs.push_back(s.c_str());
-  KVLAB_THROW_IF(!v.empty() && H5Dwrite(ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                                        ptrs.data()) < 0,
-                 IoError, "{}:{}/{}: write failed", g.file(), g.path(), name);
 }
 
 void write_gguf_tokenizer(const GgufFile& f, h5::Group& root) {
@@ -449,6 +431,11 @@ ImportResult import_gguf(const fs::path& file, const fs::path& out, const Import
   }
   progress.end();
   write_gguf_tokenizer(f, w.root());
+  try {
+    if (auto t = tokenizer_from_gguf(f)) write_tokenizer(w.root(), *t);
+  } catch (const FormatError& e) {  // the weights are still useful with token ids
+    log::warn("{}; the model is imported without a native tokenizer", e.what());
+  }
   r.header = w.commit();
   r.config = c;
   r.dtype = dts;
@@ -456,6 +443,37 @@ ImportResult import_gguf(const fs::path& file, const fs::path& out, const Import
 }
 
 // ------------------------------------------------------------------------------ export-hf --
+
+namespace {
+void write_file_atomic(const fs::path& p, const std::string& text) {
+  fs::path partial = p;
+  partial += fmt::format(".partial.{}", ::getpid());
+  {
+    std::ofstream o(partial, std::ios::binary | std::ios::trunc);
+    o << text;
+    KVLAB_THROW_IF(!o, IoError, "{}: write failed", partial.string());
+  }
+  std::error_code ec;
+  fs::rename(partial, p, ec);
+  KVLAB_THROW_IF(ec, IoError, "{}: cannot rename into place: {}", p.string(), ec.message());
+}
+}  // namespace
+
+std::vector<fs::path> write_hf_tokenizer(const TokenizerData& t, const fs::path& dir) {
+  std::vector<fs::path> out;
+  if (t.model == "bpe") {
+    write_file_atomic(dir / "tokenizer.json", tokenizer_to_hf_json(t) + "\n");
+    out.push_back(dir / "tokenizer.json");
+  } else if (t.model == "spm") {
+    write_file_atomic(dir / "tokenizer.model", t.spm_model);
+    out.push_back(dir / "tokenizer.model");
+  } else {
+    return out;  // byte-level: nothing HF can load
+  }
+  write_file_atomic(dir / "tokenizer_config.json", tokenizer_config_to_hf_json(t) + "\n");
+  out.push_back(dir / "tokenizer_config.json");
+  return out;
+}
 
 void check_output_dir(const fs::path& dir, bool force) {
   std::error_code ec;
@@ -578,6 +596,7 @@ ExportResult export_hf(const fs::path& model, const fs::path& dir, core::Progres
   fs::rename(partial, r.config_json, ec);
   KVLAB_THROW_IF(ec, IoError, "{}: cannot rename into place: {}", r.config_json.string(),
                  ec.message());
+  if (m.tokenizer) r.tokenizer_files = write_hf_tokenizer(*m.tokenizer, dir);
   return r;
 }
 

@@ -108,7 +108,9 @@ Model Model::from_file(const ModelFile& f, const ModelOptions& o) {
                      fmt::join(it->second.sizes(), ", "), fmt::join(e->second, ", "));
     return it->second.to(topt).contiguous();
   };
-  return build(f.config, dev, dtype, f.original_layer_indices, get);
+  Model m = build(f.config, dev, dtype, f.original_layer_indices, get);
+  m.tokenizer_ = f.tokenizer;
+  return m;
 }
 
 Model Model::random(const ModelConfig& cfg, const ModelOptions& o, std::uint64_t seed) {
@@ -335,6 +337,7 @@ at::Tensor Model::embed_tokens(const at::Tensor& tokens) const {
 ModelFile Model::to_file() const {
   ModelFile f;
   f.config = cfg_;
+  f.tokenizer = tokenizer_;
   f.config.num_hidden_layers = num_layers();
   f.config.torch_dtype = dtype_name(dtype_);
   auto put = [&](const std::string& n, const at::Tensor& t) { f.weights[n] = t.to(at::kCPU).contiguous(); };

@@ -158,6 +158,7 @@ ModelFile params_of(const core::ArtifactReader& r, const std::filesystem::path& 
   m.config = read_model_config(p);
   m.hf_config = p.has_attr("hf_config") ? p.attr_string("hf_config") : std::string();
   m.original_layer_indices = int_list(p, "original_layer_indices");
+  m.tokenizer = read_tokenizer(r.root());
   KVLAB_THROW_IF(static_cast<std::int64_t>(m.original_layer_indices.size()) !=
                      m.config.num_hidden_layers,
                  FormatError,
@@ -238,7 +239,7 @@ void add_model_schema(core::SchemaRegistry& reg) {
 ModelWriter::ModelWriter(const std::filesystem::path& path, const ModelConfig& c,
                          const core::Provenance& prov, std::string hf_config,
                          std::vector<std::int64_t> original_layer_indices)
-    : w_(path, kModelKind, kModelFormatVersion, 0, prov),
+    : w_(path, kModelKind, kModelFormatVersion, kModelFormatMinor, prov),
       config_(c),
       layers_(std::move(original_layer_indices)),
       hf_config_(std::move(hf_config)) {
@@ -287,6 +288,7 @@ core::ArtifactHeader write_model(const std::filesystem::path& path, const ModelF
                                  const core::Provenance& prov) {
   ModelWriter w(path, m.config, prov, m.hf_config, m.original_layer_indices);
   for (const auto& [name, t] : m.weights) w.add(name, t);
+  if (m.tokenizer) write_tokenizer(w.root(), *m.tokenizer);
   return w.commit();
 }
 

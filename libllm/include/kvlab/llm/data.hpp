@@ -12,6 +12,10 @@
 #include <string>
 #include <vector>
 
+namespace kvlab::core {
+class Progress;
+}
+
 namespace kvlab::llm {
 
 enum class TokenFileFormat { automatic, bin_u16, bin_u32, npy, hdf5, text };
@@ -48,6 +52,30 @@ TokenData read_tokens(const std::filesystem::path& path, const TokenFileOptions&
 /// file otherwise (e.g. text given to a model that has no tokenizer).
 TokenData read_model_data(const std::filesystem::path& data, const TokenFileOptions& opt,
                           const std::filesystem::path& model_artifact);
+
+class Tokenizer;
+
+struct TokenizeOptions {
+  std::string format = "bin";  ///< "bin" (raw little-endian ids) or "h5" (dataset "tokens")
+  bool add_bos = false;        ///< prepend the tokenizer's BOS id
+  bool add_eos = false;        ///< append its EOS id
+  std::size_t chunk_bytes = std::size_t{1} << 20;  ///< text read per step
+};
+
+struct TokenizeResult {
+  std::uint64_t bytes = 0;  ///< text bytes read
+  std::int64_t tokens = 0;
+  int width = 2;            ///< bytes per id: 2 (uint16) when vocab_size <= 65536, else 4
+  double seconds = 0;       ///< wall time of the whole call
+};
+
+/// Tokenizes a UTF-8 text file into a token file for `vocab_size` (uint16 when <= 65536, else
+/// uint32), streaming in chunks: "bin" keeps memory at one chunk; "h5" collects the ids (4 bytes per
+/// token) and writes an HDF5 file with one dataset "tokens". Written atomically (a partial file is
+/// renamed into place on success). read_tokens reads both back.
+TokenizeResult tokenize_file(const Tokenizer& t, std::int64_t vocab_size,
+                             const std::filesystem::path& text, const std::filesystem::path& out,
+                             const TokenizeOptions& opt, core::Progress& progress);
 
 /// Bytes of a UTF-8 string as ids 0..255, and back (ids >= 256 are special tokens and skipped).
 std::vector<std::int64_t> bytes_to_ids(const std::string& s);

@@ -46,13 +46,16 @@ struct ImportResult {
 /// model.safetensors.index.json) and writes a `model` artifact to `out`. Every tensor the config
 /// needs must be present with its shape and a float dtype (F32/BF16/F16); anything else is a
 /// FormatError naming the tensor. RoPE `inv_freq` buffers of old checkpoints are skipped.
+/// tokenizer.json (+ tokenizer_config.json) or tokenizer.model, when present, go to /tokenizer.
 ImportResult import_hf(const std::filesystem::path& dir, const std::filesystem::path& out,
                        const ImportHfOptions& opt, const core::Provenance& prov,
                        core::Progress& progress);
 
 /// Reads a GGUF file of a Llama-architecture model (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K
 /// tensors), dequantises, undoes llama.cpp's Q/K row permutation, maps names to Hugging Face's
-/// and writes a `model` artifact; tokenizer.ggml.* metadata goes to /tokenizer/gguf.
+/// and writes a `model` artifact; the tokenizer (gpt2 BPE or llama SentencePiece vocabulary)
+/// goes to /tokenizer (tokenizer.hpp; an unsupported one is skipped with a warning) and the raw
+/// tokenizer.ggml.* metadata to /tokenizer/gguf.
 ImportResult import_gguf(const std::filesystem::path& file, const std::filesystem::path& out,
                          const ImportGgufOptions& opt, const core::Provenance& prov,
                          core::Progress& progress);
@@ -66,7 +69,14 @@ struct ExportResult {
   std::uint64_t bytes = 0;
   std::filesystem::path config_json;
   std::filesystem::path safetensors;
+  std::vector<std::filesystem::path> tokenizer_files;  ///< tokenizer.json/.model + config
 };
+
+struct TokenizerData;
+/// Writes a tokenizer in HF form into `dir`: tokenizer.json (byte-level BPE) or tokenizer.model
+/// (SentencePiece), plus tokenizer_config.json; nothing for byte-level. Returns the files written.
+std::vector<std::filesystem::path> write_hf_tokenizer(const TokenizerData& t,
+                                                      const std::filesystem::path& dir);
 
 /// Output-directory hygiene for export-hf: refuses a path that is a file, a directory that does not
 /// exist and cannot be created (parent missing), and a non-empty directory unless `force`.

@@ -101,6 +101,8 @@ class Model {
   void remove_blocks(std::vector<std::int64_t> indices);
   /// True when ids 0..255 are raw bytes (vocab 256..511 with no tokenizer; docs/generate.md).
   bool byte_level() const;
+  /// The tokenizer read with the model file (ModelFile::tokenizer), kept by to_file().
+  const std::optional<TokenizerData>& tokenizer() const { return tokenizer_; }
 
   /// An empty cache for `batch` sequences, on the model's device and dtype.
   KVCache make_cache(std::int64_t batch, const KVCacheOptions& o = {}) const;
@@ -148,6 +150,7 @@ class Model {
   at::Tensor embed_, final_norm_, inv_freq_;
   std::shared_ptr<Linear> lm_head_;
   std::vector<Block> blocks_;
+  std::optional<TokenizerData> tokenizer_;
 };
 
 /// Reads a `model` artifact (read_model: kind, version and tensors checked) and builds the model

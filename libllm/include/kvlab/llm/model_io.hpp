@@ -7,8 +7,8 @@
 //   /weights/<hf name>      one dataset per tensor, named exactly as in HF safetensors
 //                           ("model.layers.0.self_attn.q_proj.weight"), stored in its own dtype
 //                           (float32/bfloat16/float16), row-major
-//   /tokenizer/...          (tokenizer issue) the tokenizer, so a model file is self-contained;
-//                           /tokenizer/gguf keeps a GGUF file's tokenizer.ggml.* metadata
+//   /tokenizer              the tokenizer (tokenizer.hpp: byte, bpe or spm), so a model file is
+//                           self-contained; /tokenizer/gguf keeps a GGUF file's raw tokenizer.ggml.*
 // The full attribute list is in docs/formats/model.md; test_model_io.cpp checks the writer emits
 // every key that page lists.
 #pragma once
@@ -17,6 +17,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,11 +25,15 @@
 #include "kvlab/core/h5.hpp"
 #include "kvlab/core/schema.hpp"
 #include "kvlab/llm/config.hpp"
+#include "kvlab/llm/tokenizer.hpp"
 
 namespace kvlab::llm {
 
 inline constexpr const char* kModelKind = "model";
 inline constexpr std::uint32_t kModelFormatVersion = 1;
+/// format_minor 2: the /tokenizer group (tokenizer.hpp; 1 is binarize /linears). Older files,
+/// without it, stay readable.
+inline constexpr std::uint32_t kModelFormatMinor = 2;
 
 struct ModelFile {
   ModelConfig config;
@@ -37,6 +42,8 @@ struct ModelFile {
   core::ArtifactHeader header;  ///< filled by read_model
   /// The source config.json text (extra HF fields survive export); "" when unknown.
   std::string hf_config;
+  /// The tokenizer (/tokenizer, tokenizer.hpp) when the model has one; every writer keeps it.
+  std::optional<TokenizerData> tokenizer;
 };
 
 /// Reads a `model` artifact (kind/version checked; every expected tensor present with the right
