@@ -32,6 +32,7 @@ const std::vector<Command>& commands() {
       // the LLM runtime
       {"eval", register_eval, true},
       {"generate", register_generate, false},
+      {"tokenize", register_tokenize, true},
       {"bench-decode", register_bench_decode, false},
       {"prune-blocks", register_prune_blocks, true},
       // binary and spiking networks

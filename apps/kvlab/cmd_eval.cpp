@@ -22,8 +22,8 @@ void register_eval(CLI::App& app, GlobalOptions& global) {
       "eval", "Perplexity of a model on held-out data (non-overlapping windows; docs/eval.md)");
   cmd->add_option("model", args->model, "model artifact (.h5)")->required()->check(CLI::ExistingFile);
   cmd->add_option("--data", args->data,
-                  "token file: nanoGPT .bin (uint16/uint32), .npy, HDF5 dataset, or raw UTF-8 "
-                  "text for byte-level models")
+                  "token file (nanoGPT .bin uint16/uint32, .npy, HDF5 dataset) or UTF-8 text, "
+                  "encoded with the model's tokenizer (bytes for byte-level models)")
       ->required()->check(CLI::ExistingFile);
   cmd->add_option("--data-format", args->file.format, "how to read --data (auto: by extension)")
       ->transform(CLI::CheckedTransformer(llm::token_file_format_names(), CLI::ignore_case));

@@ -1,5 +1,6 @@
 // kvlab generate: greedy or sampled continuation of a batch of prompts (libllm generate). Text in
-// and out for byte-level models, token ids otherwise. Prints results; writes no artifact.
+// and out for every model with a tokenizer (the model artifact's /tokenizer, or bytes for
+// byte-level models), token ids otherwise. Prints results; writes no artifact.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -9,6 +10,7 @@
 #include "kvlab/core/error.hpp"
 #include "kvlab/llm/data.hpp"
 #include "kvlab/llm/generate.hpp"
+#include "kvlab/llm/tokenizer.hpp"
 
 namespace kvlab::cli {
 
@@ -23,10 +25,11 @@ void register_generate(CLI::App& app, GlobalOptions& global) {
   CLI::App* cmd = app.add_subcommand(
       "generate",
       "Continue prompts with a model: greedy or sampled (temperature, top-k, top-p, --seed).\n"
-      "Byte-level models (vocab 256..511) take and print UTF-8 text; other models take and print\n"
-      "token ids (a native Hugging Face tokenizer is a later issue).");
+      "Models with a tokenizer (imported with tokenizer.json / tokenizer.model / a GGUF vocabulary,\n"
+      "and byte-level models) take and print UTF-8 text; the prompt is encoded with the model's\n"
+      "BOS convention. Models without one take and print token ids (--prompt-ids).");
   cmd->add_option("model", args->model, "model artifact (.h5)")->required()->check(CLI::ExistingFile);
-  cmd->add_option("-p,--prompt", args->prompts, "prompt text (byte-level models; repeat for a batch)");
+  cmd->add_option("-p,--prompt", args->prompts, "prompt text (models with a tokenizer; repeat for a batch)");
   cmd->add_option("--prompt-ids", args->prompt_ids,
                   "prompt as comma-separated token ids, e.g. 1,450,2 (repeat for a batch)");
   cmd->add_option("-n,--max-new-tokens", args->gen.max_new_tokens, "tokens to generate per prompt")
@@ -40,18 +43,20 @@ void register_generate(CLI::App& app, GlobalOptions& global) {
   cmd->add_option("--stop-token", args->gen.stop_tokens, "token id that ends a sequence (repeatable)")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 40));
   cmd->add_flag("--ignore-eos", args->gen.ignore_eos, "do not stop at the model's EOS token ids");
-  cmd->add_flag("--output-ids", args->output_ids, "print token ids even for byte-level models");
+  cmd->add_flag("--output-ids", args->output_ids, "print token ids instead of text");
   cmd->add_option("--dtype", args->dtype, "compute dtype (auto: as stored)")
       ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float16"}));
   cmd->callback([args, &global] {
     global.action = [args, &global] {
       const llm::Model model = llm::load_model(args->model, {global.dev.str(), args->dtype});
-      const bool text = model.byte_level() && !args->output_ids;
+      const auto tok = llm::model_tokenizer(args->model);  // nullptr: ids only
+      const bool text = tok && !args->output_ids;
       std::vector<std::vector<std::int64_t>> prompts;
-      KVLAB_THROW_IF(!args->prompts.empty() && !model.byte_level(), UsageError,
-                     "--prompt: {} is not a byte-level model (vocab {}); give --prompt-ids",
+      KVLAB_THROW_IF(!args->prompts.empty() && !tok, UsageError,
+                     "--prompt: {} has no tokenizer (vocab {}; re-import it with its tokenizer.json "
+                     "or GGUF vocabulary); give --prompt-ids",
                      args->model, model.config().vocab_size);
-      for (const auto& p : args->prompts) prompts.push_back(llm::bytes_to_ids(p));
+      for (const auto& p : args->prompts) prompts.push_back(tok->encode(p, true));
       for (const auto& p : args->prompt_ids) prompts.push_back(llm::parse_id_list(p, "--prompt-ids"));
       KVLAB_THROW_IF(prompts.empty(), UsageError, "give at least one --prompt or --prompt-ids");
       args->gen.seed = global.seed;
@@ -61,9 +66,9 @@ void register_generate(CLI::App& app, GlobalOptions& global) {
       for (std::size_t i = 0; i < r.outputs.size(); ++i) {
         const auto& g = r.outputs[i];
         nlohmann::json o = {{"tokens", g.tokens}, {"stop_reason", g.stop_reason}};
-        if (text) o["text"] = llm::ids_to_bytes(g.tokens);
+        if (text) o["text"] = tok->decode(g.tokens, true);
         outs.push_back(o);
-        if (!global.json) fmt::print("{}\n", text ? llm::ids_to_bytes(prompts[i]) + llm::ids_to_bytes(g.tokens)
+        if (!global.json) fmt::print("{}\n", text ? tok->decode(prompts[i], true) + tok->decode(g.tokens, true)
                                                   : fmt::format("{}", fmt::join(g.tokens, ",")));
       }
       if (global.json)
