@@ -187,8 +187,9 @@ std::optional<at::Tensor> RetroPolicy::attend(llm::AttentionStep& s) {
   if (s.layer == 0) start_step(s);
   const auto l = static_cast<std::size_t>(s.layer);
   if (ropt_.update_kv) reembed(s);
-  cur_->x[l] = s.hidden.select(1, 0);
-  cur_->q[l] = s.q.select(2, 0);
+  // Copies: the runtime may reuse its hidden/query buffers between steps.
+  cur_->x[l] = s.hidden.select(1, 0).clone();
+  cur_->q[l] = s.q.select(2, 0).clone();
 
   if (is_dense_layer(s.layer)) {
     // Window tokens whose input changed (only after a sparse layer) get their dense output
@@ -276,7 +277,7 @@ std::optional<at::Tensor> RetroPolicy::attend(llm::AttentionStep& s) {
 }
 
 void RetroPolicy::after_attention(llm::AttentionStep& s, const at::Tensor& out) {
-  if (s.phase == llm::Phase::decode && cur_) cur_->o[static_cast<std::size_t>(s.layer)] = out.select(2, 0);
+  if (s.phase == llm::Phase::decode && cur_) cur_->o[static_cast<std::size_t>(s.layer)] = out.select(2, 0).clone();
 }
 
 void RetroPolicy::after_forward(llm::KVCache& cache, llm::Phase phase) {
