@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "kvlab/llm/kv_cache.hpp"
+#include "cuda_kernels.hpp"
 
 #if TORCH_VERSION_MAJOR >= 2
 #define KVLAB_HAS_SDPA 1
@@ -23,6 +24,17 @@
 namespace kvlab::llm {
 
 bool has_sdpa() { return KVLAB_HAS_SDPA != 0; }
+
+bool fused_decode_attention(const at::Tensor& q, const at::Tensor& k) {
+#ifdef KVLAB_WITH_CUDA
+  return q.dim() == 4 && k.dim() == 4 && q.size(1) % k.size(1) == 0 &&
+         cuda::decode_attention_supports(q, k) && k.stride(3) == 1 && k.stride(2) == k.size(3);
+#else
+  (void)q;
+  (void)k;
+  return false;
+#endif
+}
 
 at::Tensor attention_mask(const at::Tensor& k_pos, const at::Tensor& q_pos,
                           std::optional<std::int64_t> sliding_window) {
@@ -65,6 +77,11 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const double scale = opt.scale > 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(d));
   if (l == 0) return at::zeros_like(q);
 
+#ifdef KVLAB_WITH_CUDA
+  if (!opt.force_manual && !opt.queries_padded && fused_decode_attention(q, k) && k_pos.stride(2) == 1)
+    return cuda::decode_attention(q, k, v, k_pos, q_pos,
+                                  opt.sliding_window ? *opt.sliding_window : 0, scale);
+#endif
   const bool window_matters = opt.sliding_window && l > *opt.sliding_window;
   // A plain causal prefill: the cache holds exactly this step's T keys, in query order.
   const bool causal_fresh = opt.fresh && l == t && !opt.queries_padded && !window_matters;
@@ -96,7 +113,7 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     const c10::optional<at::Tensor> attn_mask =
         mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt;
     at::Tensor o = at::scaled_dot_product_attention(qs, k, v, attn_mask, 0.0, false, scale);
-    return o.view({b, h, t, d});
+    return o.reshape({b, h, t, d});  // fused kernels may return a non-contiguous layout
   }
 #endif
   at::Tensor mask5;

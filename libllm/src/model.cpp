@@ -10,6 +10,7 @@
 #include "kvlab/core/runtime.hpp"
 #include "kvlab/llm/attention.hpp"
 #include "kvlab/llm/rope.hpp"
+#include "cuda_kernels.hpp"
 
 namespace kvlab::llm {
 
@@ -108,9 +109,7 @@ Model Model::from_file(const ModelFile& f, const ModelOptions& o) {
                      fmt::join(it->second.sizes(), ", "), fmt::join(e->second, ", "));
     return it->second.to(topt).contiguous();
   };
-  Model m = build(f.config, dev, dtype, f.original_layer_indices, get);
-  m.tokenizer_ = f.tokenizer;
-  return m;
+  return build(f.config, dev, dtype, f.original_layer_indices, get);
 }
 
 Model Model::random(const ModelConfig& cfg, const ModelOptions& o, std::uint64_t seed) {
@@ -193,6 +192,9 @@ KVCache Model::make_cache(std::int64_t batch, const KVCacheOptions& o) const {
 
 at::Tensor Model::rms_norm(const at::Tensor& x, const at::Tensor& w) const {
   // transformers' LlamaRMSNorm: float32 statistics, cast back, then scale.
+#ifdef KVLAB_WITH_CUDA
+  if (x.is_cuda() && w.scalar_type() == x.scalar_type()) return cuda::rms_norm(x, w, cfg_.rms_norm_eps);
+#endif
   at::Tensor h = x.to(at::kFloat);
   at::Tensor var = h.pow(2).mean(-1, /*keepdim=*/true);
   h = h * at::rsqrt(var + cfg_.rms_norm_eps);
@@ -234,8 +236,9 @@ at::Tensor Model::decode_static(const at::Tensor& tokens, const at::Tensor& posi
     LayerKV& kv = cache.layer(li);
     auto [q, k, v] = project_qkv(blk, x, rt);
     kv.write_slot(slot, k, v, positions);
-    // Every layer holds the same positions here (full attention): one mask serves them all.
-    if (li == 0) ao.mask = attention_mask(kv.storage_positions(), positions, cfg_.sliding_window);
+    // Every layer holds the same positions here (full attention): one mask serves them all
+    // (the fused CUDA decode attention needs none: it masks by position itself).
+    if (li == 0 && !fused_decode_attention(q, kv.storage_keys())) ao.mask = attention_mask(kv.storage_positions(), positions, cfg_.sliding_window);
     at::Tensor out = attention(q, kv.storage_keys(), kv.storage_values(), kv.storage_positions(),
                                positions, ao);
     x = finish_block(blk, x, out);
@@ -267,13 +270,9 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positio
   at::Tensor pos = pos_cpu.to(device_);
   const Phase phase = tokens.size(1) == 1 ? Phase::decode : Phase::prefill;
 
-  TORCH_CHECK(o.first_block >= 0 && o.first_block <= num_layers() &&
-                  (o.first_block == 0 || o.input_hidden.defined()),
-              "Model::forward: first_block needs input_hidden and must be in [0, num_layers]");
-  at::Tensor x = o.input_hidden.defined() ? o.input_hidden.to(device_, dtype_)
-                                          : at::embedding(embed_, tokens);  // [B, T, C]
+  at::Tensor x = at::embedding(embed_, tokens);  // [B, T, C]
   RopeTables rt = rope_tables(inv_freq_, pos, dtype_);
-  for (std::int64_t li = o.first_block; li < num_layers(); ++li) {
+  for (std::int64_t li = 0; li < num_layers(); ++li) {
     const Block& blk = blocks_[static_cast<std::size_t>(li)];
     LayerKV& kv = cache.layer(li);
     const std::int64_t t = x.size(1);
@@ -330,14 +329,9 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positio
   return logits;
 }
 
-at::Tensor Model::embed_tokens(const at::Tensor& tokens) const {
-  return at::embedding(embed_, tokens.to(device_, at::kLong));
-}
-
 ModelFile Model::to_file() const {
   ModelFile f;
   f.config = cfg_;
-  f.tokenizer = tokenizer_;
   f.config.num_hidden_layers = num_layers();
   f.config.torch_dtype = dtype_name(dtype_);
   auto put = [&](const std::string& n, const at::Tensor& t) { f.weights[n] = t.to(at::kCPU).contiguous(); };

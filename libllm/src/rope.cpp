@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "cuda_kernels.hpp"
+
 namespace kvlab::llm {
 
 at::Tensor rope_inv_freq(const ModelConfig& cfg) {
@@ -41,6 +43,10 @@ RopeTables rope_tables(const at::Tensor& inv_freq, const at::Tensor& positions,
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const RopeTables& t) {
+#ifdef KVLAB_WITH_CUDA
+  if (x.is_cuda() && x.dim() == 4 && x.stride(3) == 1 && t.cos.scalar_type() == x.scalar_type())
+    return cuda::rope(x, t.cos, t.sin);
+#endif
   const std::int64_t half = x.size(-1) / 2;
   at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
   at::Tensor rot = at::cat({-x2, x1}, -1);

@@ -5,7 +5,10 @@
 #include <ATen/ATen.h>
 #include <doctest/doctest.h>
 
+#include <optional>
+
 #include "kvlab/core/error.hpp"
+#include "kvlab/llm/attention.hpp"
 #include "kvlab/llm/decode_graph.hpp"
 #include "kvlab/llm/generate.hpp"
 #include "tiny_model.hpp"
@@ -88,4 +91,44 @@ TEST_CASE("DecodeGraph: a captured CUDA graph replays eager decoding" * doctest:
   const at::Tensor graph = decode(m, pb, 12, true, true, cg);
   CHECK(max_diff(eager, graph) < 1e-4);
   CHECK(at::equal(eager.argmax(-1), graph.argmax(-1)));
+}
+
+TEST_CASE("fused CUDA decode attention == the masked reference, holes and a window included" *
+          doctest::skip(!at::hasCUDA())) {
+  at::manual_seed(3);
+  for (auto dt : {at::kFloat, at::kBFloat16}) {
+    CAPTURE(dt);
+    const auto o = at::TensorOptions().device(at::kCUDA).dtype(dt);
+    const std::int64_t b = 2, hk = 2, g = 4, l = 700, d = 64;  // 700 slots: three splits
+    at::Tensor q = at::randn({b, hk * g, 1, d}, o), k = at::randn({b, hk, l, d}, o),
+               v = at::randn({b, hk, l, d}, o);
+    at::Tensor kpos = at::arange(l, at::TensorOptions().device(at::kCUDA).dtype(at::kLong))
+                          .view({1, 1, l}).repeat({b, hk, 1});
+    kpos.index_put_({0, 1, at::indexing::Slice(100, 300)}, -1);  // a hole in one head
+    kpos.index_put_({1, at::indexing::Slice(), at::indexing::Slice(650, l)}, -1);  // empty tail
+    at::Tensor qpos = at::tensor({699, 640}, at::kLong).view({b, 1}).to(at::kCUDA);
+    for (std::optional<std::int64_t> window : {std::optional<std::int64_t>{}, std::optional<std::int64_t>{257}}) {
+      llm::AttentionOptions fused, ref;
+      fused.sliding_window = ref.sliding_window = window;
+      fused.key_holes = ref.key_holes = true;
+      ref.force_manual = true;
+      REQUIRE(llm::fused_decode_attention(q, k));
+      const at::Tensor a = llm::attention(q, k, v, kpos, qpos, fused).to(at::kFloat);
+      const at::Tensor r = llm::attention(q, k, v, kpos, qpos, ref).to(at::kFloat);
+      CHECK(max_diff(a, r) < (dt == at::kFloat ? 1e-5 : 2e-2));
+    }
+  }
+}
+
+TEST_CASE("CUDA model == CPU model: prefill and decode through the fused kernels and the graph" *
+          doctest::skip(!at::hasCUDA())) {
+  llm::ModelConfig c = test::tiny_llm_config(llm::Arch::mistral);
+  c.sliding_window = 6;
+  const llm::ModelFile f = test::tiny_llm_file(c);
+  const llm::Model cpu = llm::Model::from_file(f), gpu = llm::Model::from_file(f, {"cuda", "float32"});
+  const llm::PaddedBatch pb = llm::left_pad({{3, 14, 15, 9, 26, 5, 35}, {8, 9}}, 0);
+  llm::KVCache cc, cg;
+  const at::Tensor ref = decode(cpu, pb, 10, false, false, cc);
+  CHECK(max_diff(ref, decode(gpu, pb, 10, false, false, cg)) < 1e-4);
+  CHECK(max_diff(ref, decode(gpu, pb, 10, true, true, cg)) < 1e-4);
 }

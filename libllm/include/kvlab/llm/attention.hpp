@@ -54,4 +54,8 @@ at::Tensor attention_probs(const at::Tensor& q, const LayerKV& kv, const at::Ten
 /// Whether this build uses at::scaled_dot_product_attention (LibTorch >= 2.0).
 bool has_sdpa();
 
+/// Whether attention() runs q [B, H, 1, D] against k [B, Hkv, L, D] through kvlab's fused CUDA
+/// decode kernel (split over the slots, masked by position; a CUDA build only).
+bool fused_decode_attention(const at::Tensor& q, const at::Tensor& k);
+
 }  // namespace kvlab::llm
