@@ -301,6 +301,38 @@ TEST_CASE("retro: a past output becomes attention over the union of the pages lo
   CHECK_FALSE(retro.cached_output(last - 3, 1).has_value());  // left the window
 }
 
+TEST_CASE("quest/retro: a batch with left padding decodes; all pages reproduce batched full") {
+  const llm::Model m = test::tiny_llm();
+  const std::int64_t b = 2, n = 40, prefill = 18, pad = 5;
+  const at::Tensor ids = at::cat({tiny_ids(n, 31), tiny_ids(n, 32)}, 0);
+  at::Tensor pos = test::arange_positions(b, n).clone();
+  pos[1] -= pad;  // row 1: its first 5 tokens are left padding
+  pos.clamp_min_(-1);
+  auto run = [&](llm::CachePolicy* p, const llm::KVCacheOptions& co) {
+    llm::KVCache cache = m.make_cache(b, co);
+    llm::ForwardOptions fo;
+    fo.policy = p;
+    fo.logits = llm::LogitsMode::last;
+    std::vector<at::Tensor> out;
+    m.forward(ids.narrow(1, 0, prefill), pos.narrow(1, 0, prefill), cache, fo);
+    for (std::int64_t i = prefill; i < n; ++i)
+      out.push_back(m.forward(ids.narrow(1, i, 1), pos.narrow(1, i, 1), cache, fo));
+    return at::stack(out, 1);  // [B, N, V]
+  };
+  const at::Tensor lf = run(nullptr, {});
+  QuestPolicy all(tiny_quest(), 64);
+  CHECK(at::allclose(run(&all, all.cache_options()), lf, 1e-5, 1e-5));
+  RetroOptions ro;
+  ro.quest = tiny_quest();
+  RetroPolicy retro_all(ro, 64);
+  CHECK(at::allclose(run(&retro_all, retro_all.cache_options()), lf, 1e-5, 1e-5));
+  RetroPolicy retro(ro, 8);
+  const at::Tensor lr = run(&retro, retro.cache_options());
+  CHECK(at::isfinite(lr).all().item<bool>());
+  CHECK(retro.stats().supplementary_entries > 0);
+  CHECK(retro.stats().sparse_queries == (n - prefill) * b * 2 * 4);
+}
+
 TEST_CASE("quest/retro: bad options and a cache without page metadata are usage errors") {
   QuestOptions bad;
   bad.page_size = 0;
