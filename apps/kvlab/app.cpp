@@ -37,6 +37,7 @@ const std::vector<Command>& commands() {
       {"prune-blocks", register_prune_blocks, true},
       // binary and spiking networks
       {"bnn-train", register_bnn_train, true},
+      {"binarize", register_binarize, true},
       {"snn-train", register_snn_train, true},
       // hardware-constrained compilation
       {"pim-compile", register_pim_compile, true},

@@ -73,6 +73,7 @@ void register_import_gguf(CLI::App& app, GlobalOptions& global);
 void register_export_hf(CLI::App& app, GlobalOptions& global);
 void register_pim_compile(CLI::App& app, GlobalOptions& global);
 void register_bnn_train(CLI::App& app, GlobalOptions& global);
+void register_binarize(CLI::App& app, GlobalOptions& global);
 void register_snn_train(CLI::App& app, GlobalOptions& global);
 void register_eval(CLI::App& app, GlobalOptions& global);
 void register_generate(CLI::App& app, GlobalOptions& global);

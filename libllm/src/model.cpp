@@ -109,7 +109,7 @@ Model Model::from_file(const ModelFile& f, const ModelOptions& o) {
                      fmt::join(it->second.sizes(), ", "), fmt::join(e->second, ", "));
     return it->second.to(topt).contiguous();
   };
-  return build(f.config, dev, dtype, f.original_layer_indices, get);
+  return build(f.config, dev, dtype, f.original_layer_indices, get, &f.linears);
 }
 
 Model Model::random(const ModelConfig& cfg, const ModelOptions& o, std::uint64_t seed) {
@@ -130,7 +130,8 @@ Model Model::random(const ModelConfig& cfg, const ModelOptions& o, std::uint64_t
 }
 
 Model Model::build(const ModelConfig& cfg, at::Device dev, c10::ScalarType dtype,
-                   const std::vector<std::int64_t>& original, const Getter& get) {
+                   const std::vector<std::int64_t>& original, const Getter& get,
+                   const std::map<std::string, LinearRecord>* linears) {
   Model m;
   m.cfg_ = cfg;
   m.device_ = dev;
@@ -147,7 +148,10 @@ Model Model::build(const ModelConfig& cfg, at::Device dev, c10::ScalarType dtype
                            : i;
     b.input_layernorm = get(p + "input_layernorm.weight");
     b.post_attention_layernorm = get(p + "post_attention_layernorm.weight");
-    auto lin = [&](const std::string& n, bool bias) {
+    auto lin = [&](const std::string& n, bool bias) -> std::shared_ptr<Linear> {
+      if (linears)  // a packed layer (linear_registry.hpp) replaces the dense weight
+        if (const auto it = linears->find(p + n); it != linears->end())
+          return make_linear(it->second, dev, dtype, p + n);
       std::optional<at::Tensor> bt;
       if (bias) bt = get(p + n + ".bias");
       return std::make_shared<DenseLinear>(get(p + n + ".weight"), bt);

@@ -183,7 +183,10 @@ ModelFile read_model(const std::filesystem::path& path) {
   const h5::Group w = root.group("weights");
   std::map<std::string, std::vector<std::int64_t>> shapes;
   for (const auto& name : w.children()) shapes[name] = w.info(name).shape;
-  check_model_tensors(m.config, shapes, path.string() + ":/weights");
+  m.linears = read_linears(root, path.string());  // packed layers (linear_registry.hpp)
+  auto all_shapes = shapes;
+  add_linear_shapes(m.linears, all_shapes);
+  check_model_tensors(m.config, all_shapes, path.string() + ":/weights");
   for (const auto& [name, shape] : shapes) {
     const h5::DatasetInfo info = w.info(name);
     KVLAB_THROW_IF(!info.dtype || !weight_dtype_name(*info.dtype), FormatError,
@@ -222,6 +225,7 @@ void add_model_schema(core::SchemaRegistry& reg) {
       const h5::Group w = r.root().group("weights");
       std::map<std::string, std::vector<std::int64_t>> shapes;
       for (const auto& name : w.children()) shapes[name] = w.info(name).shape;
+      add_linear_shapes(read_linears(r.root(), "/linears"), shapes);
       check_model_tensors(c, shapes, "/weights");
       const auto layers = int_list(r.params(), "original_layer_indices");
       if (static_cast<std::int64_t>(layers.size()) != c.num_hidden_layers)

@@ -134,7 +134,8 @@ class Model {
   Model() = default;
   using Getter = std::function<at::Tensor(const std::string& name)>;
   static Model build(const ModelConfig& cfg, at::Device dev, c10::ScalarType dtype,
-                     const std::vector<std::int64_t>& original, const Getter& get);
+                     const std::vector<std::int64_t>& original, const Getter& get,
+                     const std::map<std::string, LinearRecord>* linears = nullptr);
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;
   struct Qkv {
     at::Tensor q, k, v;  ///< [B, H, T, D] (q contiguous, q and k rotated), [B, Hkv, T, D] x2

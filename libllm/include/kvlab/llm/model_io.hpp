@@ -26,6 +26,7 @@
 #include "kvlab/core/schema.hpp"
 #include "kvlab/llm/config.hpp"
 #include "kvlab/llm/tokenizer.hpp"
+#include "kvlab/llm/linear_registry.hpp"
 
 namespace kvlab::llm {
 
@@ -44,6 +45,9 @@ struct ModelFile {
   std::string hf_config;
   /// The tokenizer (/tokenizer, tokenizer.hpp) when the model has one; every writer keeps it.
   std::optional<TokenizerData> tokenizer;
+  /// Non-dense layers stored in /linears (linear_registry.hpp), by HF prefix; their .weight/.bias
+  /// are then absent from `weights`.
+  std::map<std::string, LinearRecord> linears;
 };
 
 /// Reads a `model` artifact (kind/version checked; every expected tensor present with the right

@@ -1,0 +1,289 @@
+// BinaryMoS layers and kvlab binarize: bit packing, the packed forward against the float
+// reference, initialisation, the STE, packed storage in a model artifact (load_model, logits,
+// bits per weight and file size), distillation, and kill-and-resume giving identical weights.
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <doctest/doctest.h>
+
+#include <filesystem>
+
+#include "../llm/tiny_model.hpp"
+#include "../test_util.hpp"
+#include "kvlab/binary/binarize.hpp"
+#include "kvlab/binary/mos.hpp"
+#include "kvlab/core/artifact.hpp"
+#include "kvlab/llm/model_io.hpp"
+
+using namespace kvlab;
+
+namespace {
+
+core::Provenance test_prov() { return core::Provenance{}; }
+
+// Stops after `at` updates (what a SIGTERM does through the CLI's stop flag).
+class StopAfter : public core::NullProgress {
+ public:
+  explicit StopAfter(std::int64_t at) : at_(at) {}
+  void update(std::int64_t done, const core::Metrics& = {}) override { done_ = done; }
+  bool stop_requested() const override { return done_ >= at_; }
+
+ private:
+  std::int64_t at_, done_ = 0;
+};
+
+binary::MosParams random_params(std::int64_t in, std::int64_t out, std::int64_t e, bool bias) {
+  binary::MosParams p;
+  p.weight = at::randn({out, in});
+  p.s_in = at::rand({e, in}) + 0.5;
+  p.s_out = at::rand({e, out}) * 0.1 + 0.01;
+  if (e > 1) p.router = at::randn({e, in}) * 0.3;
+  if (bias) p.bias = at::randn({out});
+  return p;
+}
+
+at::Tensor half_round(const at::Tensor& t) {
+  return t.defined() ? t.to(at::kHalf).to(at::kFloat) : t;
+}
+
+}  // namespace
+
+TEST_CASE("pack_signs / unpack_signs round trip, sign(0) = +1, widths not a multiple of 8") {
+  at::manual_seed(1);
+  for (std::int64_t in : {1, 7, 8, 9, 64, 100}) {
+    CAPTURE(in);
+    at::Tensor w = at::randn({5, in});
+    w.index_put_({0, 0}, 0.0);
+    const at::Tensor p = binary::pack_signs(w);
+    CHECK((p.scalar_type() == at::kByte));
+    CHECK((p.sizes() == at::IntArrayRef({5, (in + 7) / 8})));
+    const at::Tensor u = binary::unpack_signs(p, in, at::kFloat);
+    CHECK(at::equal(u, binary::sign_pm1(w)));
+    CHECK(u[0][0].item<float>() == 1.0f);
+  }
+  // Bit j of byte k is column 8k + j (LSB first): the documented layout.
+  at::Tensor w = -at::ones({1, 16});
+  w.index_put_({0, 0}, 1.0);
+  w.index_put_({0, 9}, 1.0);
+  const at::Tensor p = binary::pack_signs(w);
+  CHECK(p[0][0].item<std::uint8_t>() == 1);
+  CHECK(p[0][1].item<std::uint8_t>() == 2);
+}
+
+TEST_CASE("packed BinaryMoS forward equals the float reference forward") {
+  at::manual_seed(2);
+  struct Case { std::int64_t in, out, e; bool bias; std::int64_t tile; };
+  for (const Case& c : {Case{37, 20, 4, false, 0}, Case{64, 48, 1, true, 0},
+                        Case{64, 48, 4, true, 7}, Case{13, 9, 2, false, 1}}) {
+    CAPTURE(c.in);
+    CAPTURE(c.e);
+    CAPTURE(c.tile);
+    const binary::MosParams p = random_params(c.in, c.out, c.e, c.bias);
+    auto packed = binary::PackedMosLinear::pack(p, at::kCPU, at::kFloat);
+    packed->set_tile_rows(c.tile);
+    const at::Tensor x = at::randn({2, 3, c.in});
+    // Reference: the official formula with sign(W) and the fp16-stored scales.
+    const at::Tensor ref = binary::mos_forward(x, binary::sign_pm1(p.weight), half_round(p.s_in),
+                                               half_round(p.s_out), half_round(p.router),
+                                               half_round(p.bias));
+    const at::Tensor got = packed->forward(x);
+    REQUIRE((got.sizes() == ref.sizes()));
+    CHECK(at::allclose(got, ref, 1e-5, 1e-5));
+    // A record round trip computes the same thing.
+    binary::PackedMosLinear back(packed->record(), at::kCPU, at::kFloat);
+    back.set_tile_rows(c.tile);
+    CHECK(at::equal(back.forward(x), packed->forward(x)));
+    // Tiling changes only the float summation order.
+    back.set_tile_rows(0);
+    CHECK(at::allclose(back.forward(x), got, 1e-5, 1e-5));
+    // E = 1: the dense equivalent is exact.
+    if (c.e == 1) {
+      at::Tensor d = at::linear(x, packed->dense_weight(), *packed->bias());
+      CHECK(at::allclose(d, got, 1e-5, 1e-5));
+    }
+  }
+  // The token-adaptive scales matter: with distinct experts, changing only the router changes y.
+  binary::MosParams p = random_params(16, 8, 4, false);
+  const at::Tensor x = at::randn({4, 16});
+  const at::Tensor a = binary::mos_forward(x, binary::sign_pm1(p.weight), p.s_in, p.s_out, p.router, {});
+  const at::Tensor b = binary::mos_forward(x, binary::sign_pm1(p.weight), p.s_in, p.s_out, -p.router, {});
+  CHECK_FALSE(at::allclose(a, b));
+}
+
+TEST_CASE("init_mos: rank-1 SVD of |W| in every expert; output independent of the router") {
+  at::manual_seed(3);
+  const at::Tensor w = at::randn({24, 40}) * 0.05;
+  const binary::MosParams p = binary::init_mos(w, 4);
+  CHECK((p.s_in.sizes() == at::IntArrayRef({4, 40})));
+  CHECK((p.s_out.sizes() == at::IntArrayRef({4, 24})));
+  CHECK((p.router.sizes() == at::IntArrayRef({4, 40})));
+  CHECK(p.router.abs().max().item<double>() <= 1.0 / std::sqrt(40.0) + 1e-7);
+  for (int e = 1; e < 4; ++e) {
+    CHECK(at::equal(p.s_in[e], p.s_in[0]));
+    CHECK(at::equal(p.s_out[e], p.s_out[0]));
+  }
+  // s_out s_in^T is the best rank-1 approximation of |W| (compare with the SVD truncation).
+  auto [u, s, vh] = at::linalg_svd(w.abs(), false);
+  const at::Tensor r1 = s[0] * at::outer(u.select(1, 0), vh.select(0, 0));
+  CHECK(at::allclose(at::outer(p.s_out[0], p.s_in[0]), r1, 1e-5, 1e-6));
+  // It is a better magnitude model than a per-row mean: the rank-1 error is smaller.
+  const at::Tensor m = w.abs().mean(1, true).expand_as(w);
+  CHECK((r1 - w.abs()).pow(2).sum().item<double>() < (m - w.abs()).pow(2).sum().item<double>());
+  const at::Tensor x = at::randn({5, 40});
+  const at::Tensor y1 = binary::mos_forward(x, binary::sign_pm1(p.weight), p.s_in, p.s_out, p.router, {});
+  const at::Tensor y2 = binary::mos_forward(x, binary::sign_pm1(p.weight), p.s_in, p.s_out, p.router * 5, {});
+  CHECK(at::allclose(y1, y2, 1e-5, 1e-6));
+  // E = 1 has no router; sign: mean |W| per output row and unit input scales.
+  CHECK_FALSE(binary::init_mos(w, 1).router.defined());
+  const binary::MosParams sg = binary::init_sign(w);
+  CHECK(at::allclose(sg.s_out[0], w.abs().mean(1)));
+  CHECK(at::equal(sg.s_in, at::ones({1, 40})));
+}
+
+TEST_CASE("ste_sign: sign forward, gradient passed only where |w| < 1") {
+  at::Tensor w = at::tensor({-2.0f, -0.5f, 0.0f, 0.3f, 1.5f}).requires_grad_(true);
+  const at::Tensor y = binary::ste_sign(w);
+  CHECK(at::equal(y.detach(), at::tensor({-1.0f, -1.0f, 1.0f, 1.0f, 1.0f})));
+  (y * at::tensor({1.0f, 2.0f, 3.0f, 4.0f, 5.0f})).sum().backward();
+  CHECK(at::equal(w.grad(), at::tensor({0.0f, 2.0f, 3.0f, 4.0f, 0.0f})));
+}
+
+TEST_CASE("bits per weight: about 1.04 for Llama-2-7B shapes (the reference's 1.036)") {
+  llm::ModelConfig c;
+  c.hidden_size = 4096;
+  c.intermediate_size = 11008;
+  c.num_attention_heads = 32;
+  c.num_key_value_heads = 32;
+  c.head_dim = 128;
+  const double mos = binary::binarized_bits_per_weight(c, binary::BinarizeMethod::mos, 4);
+  const double one = binary::binarized_bits_per_weight(c, binary::BinarizeMethod::mos, 1);
+  CHECK(mos == doctest::Approx(1.036).epsilon(0.002));
+  CHECK(one < mos);
+  CHECK(one > 1.0);
+  // The packed 7B total of the reference (1.363 GB with fp16 embed + head): linears by our
+  // arithmetic + 2 x 32000 x 4096 fp16.
+  const double linear_params = 32.0 * (4 * 4096.0 * 4096 + 3 * 4096.0 * 11008);
+  const double total_gb = (linear_params * mos / 8 + 2.0 * 2 * 32000 * 4096) / 1e9;
+  CHECK(total_gb == doctest::Approx(1.363).epsilon(0.005));
+}
+
+TEST_CASE("binarize --steps 0: packed artifact loads, gives the same logits, size matches bits") {
+  binary::register_linear_kinds();
+  llm::ModelConfig c = test::tiny_llm_config();
+  c.hidden_size = 128;
+  c.intermediate_size = 352;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 32;
+  c.num_hidden_layers = 2;
+  const llm::ModelFile f = test::tiny_llm_file(c);
+  for (std::int64_t e : {4, 1}) {
+    CAPTURE(e);
+    binary::BinarizeOptions o;
+    o.steps = 0;
+    o.experts = e;
+    core::NullProgress np;
+    const binary::BinarizeResult r = binary::binarize_model(f, {}, o, test_prov(), np);
+    const auto path = test::scratch("bin_e" + std::to_string(e) + ".h5");
+    std::filesystem::remove(path);
+    binary::write_binarized_model(path, r, o, "", test_prov());
+    const llm::Model loaded = llm::load_model(path, {});
+    REQUIRE(loaded.blocks()[0].q_proj->kind() == "binary-mos");
+    CHECK(loaded.blocks()[1].down_proj->kind() == "binary-mos");
+    const at::Tensor tok = at::randint(0, c.vocab_size, {2, 9}, at::kLong);
+    const at::Tensor pos = test::arange_positions(2, 9);
+    auto run = [&](const llm::Model& m) {
+      llm::KVCache cache = m.make_cache(2);
+      return m.forward(tok, pos, cache);
+    };
+    const at::Tensor got = run(loaded);
+    CHECK(at::equal(got, run(*r.model)));
+    // The unpacked float reference: every layer as a dense layer of its +-1 signs and scales
+    // (exact at initialisation: all experts equal).
+    llm::Model dense = llm::Model::from_file(f);
+    for (std::size_t i = 0; i < dense.blocks().size(); ++i) {
+      const llm::Block& pb = loaded.blocks()[i];
+      llm::Block& db = dense.blocks()[i];
+      std::pair<std::shared_ptr<llm::Linear>*, const std::shared_ptr<llm::Linear>*> pairs[] = {
+          {&db.q_proj, &pb.q_proj}, {&db.k_proj, &pb.k_proj}, {&db.v_proj, &pb.v_proj},
+          {&db.o_proj, &pb.o_proj}, {&db.gate_proj, &pb.gate_proj}, {&db.up_proj, &pb.up_proj},
+          {&db.down_proj, &pb.down_proj}};
+      for (auto& [d, p] : pairs) *d = std::make_shared<llm::DenseLinear>((*p)->dense_weight());
+    }
+    CHECK(at::allclose(run(dense), got, 1e-4, 1e-4));
+    // Storage: bits per weight from the arithmetic; the file is its payload plus HDF5 metadata.
+    CHECK(r.bits_per_weight == doctest::Approx(binary::binarized_bits_per_weight(c, o.method, e)));
+    std::uint64_t dense_bytes = 0;
+    for (const auto& [name, t] : f.weights)
+      if (name.find("_proj") == std::string::npos) dense_bytes += t.numel() * t.element_size();
+    const double payload = static_cast<double>(r.linear_bytes + dense_bytes);
+    const double size = static_cast<double>(std::filesystem::file_size(path));
+    CAPTURE(size);
+    CAPTURE(payload);
+    CHECK(size >= payload);
+    CHECK(size < payload + 64 * 1024);  // 14 layer groups + params: HDF5 metadata only
+    CHECK(static_cast<double>(r.linear_bytes) * 8 /
+              static_cast<double>(r.linear_weights) == doctest::Approx(r.bits_per_weight));
+    // inspect --validate's schema check accepts it (packed layers count as present).
+    core::SchemaRegistry reg;
+    llm::add_model_schema(reg);
+    const auto problems = core::validate(core::ArtifactReader::open(path, "model", 1, 1), reg);
+    CHECK(problems.empty());
+  }
+}
+
+TEST_CASE("a packed model without the registered kind is refused with a FormatError") {
+  llm::LinearRecord r;
+  r.kind = "no-such-kind";
+  r.in_features = r.out_features = 4;
+  const std::string msg = test::error_of(
+      [&] { llm::make_linear(r, at::kCPU, at::kFloat, "model.layers.0.mlp.up_proj"); }, 3);
+  CHECK(msg.find("no-such-kind") != std::string::npos);
+  CHECK(msg.find("model.layers.0.mlp.up_proj") != std::string::npos);
+}
+
+TEST_CASE("distillation lowers the loss; killed-and-resumed training ends with the same weights") {
+  binary::register_linear_kinds();
+  const llm::ModelConfig c = test::tiny_llm_config();
+  const llm::ModelFile f = test::tiny_llm_file(c);
+  at::manual_seed(11);
+  const at::Tensor ids = at::randint(0, c.vocab_size, {16 * 10}, at::kLong);
+  binary::BinarizeOptions o;
+  o.seq_len = 16;
+  o.batch_size = 3;  // 10 blocks: a partial last batch per epoch
+  o.steps = 8;
+  o.lr = 5e-3;
+  o.checkpoint = test::scratch("resume.ckpt.h5").string();
+  std::filesystem::remove(o.checkpoint);
+  core::NullProgress np;
+  const binary::BinarizeResult full = binary::binarize_model(f, ids, o, test_prov(), np);
+  CHECK(full.steps == 8);
+  CHECK(full.loss.back() < full.loss.front());
+
+  StopAfter stop(3);
+  const binary::BinarizeResult part = binary::binarize_model(f, ids, o, test_prov(), stop);
+  CHECK(part.stopped);
+  CHECK(part.steps == 3);
+  REQUIRE(std::filesystem::exists(o.checkpoint));
+  binary::BinarizeOptions ro = o;
+  ro.resume = o.checkpoint;
+  const binary::BinarizeResult rest = binary::binarize_model(f, ids, ro, test_prov(), np);
+  CHECK(rest.steps == 8);
+  REQUIRE(rest.latent.size() == full.latent.size());
+  for (std::size_t i = 0; i < full.latent.size(); ++i) {
+    CAPTURE(full.latent[i].first);
+    CHECK(rest.latent[i].first == full.latent[i].first);
+    CHECK(at::equal(rest.latent[i].second, full.latent[i].second));  // bitwise
+  }
+  // The loss of the resumed steps is the tail of the uninterrupted run's.
+  REQUIRE(rest.loss.size() == 5);
+  CHECK(rest.loss.back() == full.loss.back());
+
+  // A resume with different options is refused.
+  binary::BinarizeOptions bad = ro;
+  bad.experts = 2;
+  StopAfter stop2(1);
+  binary::BinarizeOptions o2 = o;
+  (void)binary::binarize_model(f, ids, o2, test_prov(), stop2);
+  CHECK(test::error_of([&] { binary::binarize_model(f, ids, bad, test_prov(), np); }, 2)
+            .find("--resume") != std::string::npos);
+}
