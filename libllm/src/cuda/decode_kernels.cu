@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "../cuda_kernels.hpp"
 
@@ -103,7 +104,7 @@ __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cs, c
 // ---- decode attention: one query per sequence, split over the key slots ----
 constexpr int kChunk = 256;   // key slots per block (one per thread in the scoring phase)
 constexpr int kThreads = 256;
-constexpr int kMaxGroup = 16;  // query heads per KV head
+constexpr int kMaxGroup = 8;   // query heads per KV head (more: the ATen path)
 constexpr int kMaxDim = 256;
 
 template <typename T>
@@ -130,18 +131,23 @@ __device__ __forceinline__ void load8<float>(const float* p, float* out) {
   out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
 }
 
-/// Grid (splits, B * Hkv). Writes, per query head and split, the chunk's running max m, the sum
-/// of exp(score - m) and the unnormalised output sum_j exp(score_j - m) v_j.
-template <typename T>
+/// Grid (splits, B * Hkv), kThreads threads. Writes, per query head and split, the chunk's
+/// running max m, the sum of exp(score - m) and the unnormalised output sum_j exp(score_j - m) v_j.
+/// Each key row is read by TPR = D / 8 adjacent threads with 16-byte loads (coalesced), so a
+/// block streams kThreads / TPR rows at a time; partial dot products meet through shuffles.
+template <typename T, int TPR>
 __global__ void __launch_bounds__(kThreads)
 decode_attn_partial(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                     const long long* __restrict__ kpos, const long long* __restrict__ qpos,
                     float* __restrict__ pm, float* __restrict__ pl, float* __restrict__ pacc,
-                    int hkv, int group, int dim, int slots, long long ksb, long long ksh,
+                    int hkv, int group, int slots, long long ksb, long long ksh,
                     long long vsb, long long vsh, long long psb, long long psh, long long window,
                     float scale, int splits) {
-  __shared__ float qs[kMaxGroup * kMaxDim];
+  constexpr int dim = TPR * 8;
+  constexpr int rows = kThreads / TPR;  // key rows in flight per block
+  constexpr int warps = kThreads / 32;
   __shared__ float sc[kMaxGroup * kChunk];
+  __shared__ float part[warps * dim];
   __shared__ float red[32];
   const int split = blockIdx.x;
   const int b = blockIdx.y / hkv, hk = blockIdx.y % hkv;
@@ -149,36 +155,45 @@ decode_attn_partial(const T* __restrict__ q, const T* __restrict__ k, const T* _
   const int start = split * kChunk;
   const int len = min(kChunk, slots - start);
   const long long qp = qpos[b];
+  const int r = threadIdx.x / TPR, dv = threadIdx.x % TPR;
 
-  for (int i = threadIdx.x; i < group * dim; i += blockDim.x)
-    qs[i] = to_f(q[(static_cast<long long>(b) * heads + hk * group) * dim + i]);
-  __syncthreads();
-
-  const T* kb = k + b * ksb + hk * ksh;
-  const T* vb = v + b * vsb + hk * vsh;
+  float qr[kMaxGroup][8];
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g) {
+    if (g < group) {
+      load8<T>(q + (static_cast<long long>(b) * heads + hk * group + g) * dim + dv * 8, qr[g]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) qr[g][e] = 0.f;
+    }
+  }
+  const T* kb = k + b * ksb + hk * ksh + dv * 8;
+  const T* vb = v + b * vsb + hk * vsh + dv * 8;
   const long long* pb = kpos + b * psb + hk * psh;
-  for (int j = threadIdx.x; j < len; j += blockDim.x) {
+
+  for (int j = r; j < len; j += rows) {
     const long long p = pb[start + j];
     const bool ok = p >= 0 && p <= qp && (window <= 0 || p > qp - window);
     float s[kMaxGroup];
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g) s[g] = 0.f;
     if (ok) {
-      const T* kr = kb + static_cast<long long>(start + j) * dim;
-      for (int d0 = 0; d0 < dim; d0 += 8) {
-        float kv8[8];
-        load8<T>(kr + d0, kv8);
+      float kv8[8];
+      load8<T>(kb + static_cast<long long>(start + j) * dim, kv8);
 #pragma unroll
-        for (int g = 0; g < kMaxGroup; ++g) {
-          if (g < group) {
-            const float* qg = qs + g * dim + d0;
+      for (int g = 0; g < kMaxGroup; ++g)
 #pragma unroll
-            for (int e = 0; e < 8; ++e) s[g] += qg[e] * kv8[e];
-          }
-        }
-      }
+        for (int e = 0; e < 8; ++e) s[g] += qr[g][e] * kv8[e];
     }
-    for (int g = 0; g < group; ++g) sc[g * kChunk + j] = ok ? s[g] * scale : -INFINITY;
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g)
+#pragma unroll
+      for (int o = TPR / 2; o > 0; o >>= 1) s[g] += __shfl_xor_sync(0xffffffffu, s[g], o);
+    if (dv == 0) {
+#pragma unroll
+      for (int g = 0; g < kMaxGroup; ++g)
+        if (g < group) sc[g * kChunk + j] = ok ? s[g] * scale : -INFINITY;
+    }
   }
   __syncthreads();
 
@@ -201,14 +216,45 @@ decode_attn_partial(const T* __restrict__ q, const T* __restrict__ k, const T* _
   }
   __syncthreads();
 
-  for (int e = threadIdx.x; e < group * dim; e += blockDim.x) {
-    const int g = e / dim, d = e % dim;
-    float acc = 0.f;
-    for (int j = 0; j < len; ++j) {
-      const float w = sc[g * kChunk + j];
-      if (w != 0.f) acc += w * to_f(vb[static_cast<long long>(start + j) * dim + d]);
+  float acc[kMaxGroup][8];
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
+  for (int j = r; j < len; j += rows) {
+    bool any = false;
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) any = any || (g < group && sc[g * kChunk + j] != 0.f);
+    if (!any) continue;  // masked or empty slot: its value is never read
+    float vv[8];
+    load8<T>(vb + static_cast<long long>(start + j) * dim, vv);
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) {
+      if (g < group) {
+        const float w = sc[g * kChunk + j];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] += w * vv[e];
+      }
     }
-    pacc[((static_cast<long long>(b) * heads + hk * group + g) * splits + split) * dim + d] = acc;
+  }
+  // Sum the row lanes: first inside each warp (lanes TPR apart), then across warps in smem.
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g) {
+    if (g >= group) break;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      float a = acc[g][e];
+      for (int o = 16; o >= TPR; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+      if (lane < TPR) part[warp * dim + dv * 8 + e] = a;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+      float t = 0.f;
+      for (int w = 0; w < warps; ++w) t += part[w * dim + d];
+      pacc[((static_cast<long long>(b) * heads + hk * group + g) * splits + split) * dim + d] = t;
+    }
+    __syncthreads();
   }
 }
 
@@ -292,7 +338,8 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_in, const at::Tensor&
 bool decode_attention_supports(const at::Tensor& q, const at::Tensor& k) {
   const auto t = q.scalar_type();
   const std::int64_t d = q.size(3), g = q.size(1) / k.size(1);
-  return q.is_cuda() && q.size(2) == 1 && d % 8 == 0 && d <= kMaxDim && g <= kMaxGroup &&
+  const bool pow2 = d >= 8 && d <= kMaxDim && (d & (d - 1)) == 0;  // D / 8 threads per key row
+  return q.is_cuda() && q.size(2) == 1 && pow2 && g <= kMaxGroup &&
          (t == at::kFloat || t == at::kBFloat16 || t == at::kHalf) && k.scalar_type() == t;
 }
 
@@ -317,11 +364,22 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const a
   dispatch(q.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     if (slots > 0) {
-      decode_attn_partial<T><<<dim3(splits, b * hkv), kThreads, 0, stream>>>(
-          cptr<T>(q), cptr<T>(k), cptr<T>(v), cptr<long long>(kpos), cptr<long long>(qpos),
-          ptr<float>(pm), ptr<float>(pl), ptr<float>(pacc), hkv, heads / hkv, dim, slots,
-          k.stride(0), k.stride(1), v.stride(0), v.stride(1), kpos.stride(0), kpos.stride(1),
-          window, static_cast<float>(scale), splits);
+      auto launch = [&](auto tpr) {
+        constexpr int kTpr = decltype(tpr)::value;
+        decode_attn_partial<T, kTpr><<<dim3(splits, b * hkv), kThreads, 0, stream>>>(
+            cptr<T>(q), cptr<T>(k), cptr<T>(v), cptr<long long>(kpos), cptr<long long>(qpos),
+            ptr<float>(pm), ptr<float>(pl), ptr<float>(pacc), hkv, heads / hkv, slots,
+            k.stride(0), k.stride(1), v.stride(0), v.stride(1), kpos.stride(0), kpos.stride(1),
+            window, static_cast<float>(scale), splits);
+      };
+      switch (dim / 8) {
+        case 1: launch(std::integral_constant<int, 1>{}); break;
+        case 2: launch(std::integral_constant<int, 2>{}); break;
+        case 4: launch(std::integral_constant<int, 4>{}); break;
+        case 8: launch(std::integral_constant<int, 8>{}); break;
+        case 16: launch(std::integral_constant<int, 16>{}); break;
+        default: launch(std::integral_constant<int, 32>{}); break;
+      }
     } else {
       pm.fill_(-INFINITY);
     }
