@@ -109,7 +109,9 @@ Model Model::from_file(const ModelFile& f, const ModelOptions& o) {
                      fmt::join(it->second.sizes(), ", "), fmt::join(e->second, ", "));
     return it->second.to(topt).contiguous();
   };
-  return build(f.config, dev, dtype, f.original_layer_indices, get, &f.linears);
+  Model m = build(f.config, dev, dtype, f.original_layer_indices, get, &f.linears);
+  m.tokenizer_ = f.tokenizer;
+  return m;
 }
 
 Model Model::random(const ModelConfig& cfg, const ModelOptions& o, std::uint64_t seed) {
@@ -258,8 +260,6 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positio
               "Model::forward: cache has ", cache.num_layers(), " layers x batch ", cache.batch(),
               ", model has ", num_layers(), " layers and the input batch is ", tokens_in.size(0));
   const std::int64_t b = tokens_in.size(0);
-  const std::int64_t h_q = cfg_.num_attention_heads, h_kv = cfg_.num_key_value_heads,
-                     d = cfg_.head_dim;
   {
     at::Tensor tok_cpu = tokens_in.cpu();
     const std::int64_t lo = tok_cpu.numel() ? tok_cpu.min().item<std::int64_t>() : 0;
@@ -274,9 +274,13 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positio
   at::Tensor pos = pos_cpu.to(device_);
   const Phase phase = tokens.size(1) == 1 ? Phase::decode : Phase::prefill;
 
-  at::Tensor x = at::embedding(embed_, tokens);  // [B, T, C]
+  TORCH_CHECK(o.first_block >= 0 && o.first_block <= num_layers() &&
+                  (o.first_block == 0 || o.input_hidden.defined()),
+              "Model::forward: first_block needs input_hidden and must be in [0, num_layers]");
+  at::Tensor x = o.input_hidden.defined() ? o.input_hidden.to(device_, dtype_)
+                                          : at::embedding(embed_, tokens);  // [B, T, C]
   RopeTables rt = rope_tables(inv_freq_, pos, dtype_);
-  for (std::int64_t li = 0; li < num_layers(); ++li) {
+  for (std::int64_t li = o.first_block; li < num_layers(); ++li) {
     const Block& blk = blocks_[static_cast<std::size_t>(li)];
     LayerKV& kv = cache.layer(li);
     const std::int64_t t = x.size(1);
@@ -333,9 +337,14 @@ at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positio
   return logits;
 }
 
+at::Tensor Model::embed_tokens(const at::Tensor& tokens) const {
+  return at::embedding(embed_, tokens.to(device_, at::kLong));
+}
+
 ModelFile Model::to_file() const {
   ModelFile f;
   f.config = cfg_;
+  f.tokenizer = tokenizer_;
   f.config.num_hidden_layers = num_layers();
   f.config.torch_dtype = dtype_name(dtype_);
   auto put = [&](const std::string& n, const at::Tensor& t) { f.weights[n] = t.to(at::kCPU).contiguous(); };
