@@ -34,6 +34,7 @@ const std::vector<Command>& commands() {
       {"generate", register_generate, false},
       {"tokenize", register_tokenize, true},
       {"bench-decode", register_bench_decode, false},
+      {"kv-eval", register_kv_eval, true},
       {"prune-blocks", register_prune_blocks, true},
       // binary and spiking networks
       {"bnn-train", register_bnn_train, true},

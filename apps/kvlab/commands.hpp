@@ -79,6 +79,7 @@ void register_eval(CLI::App& app, GlobalOptions& global);
 void register_generate(CLI::App& app, GlobalOptions& global);
 void register_tokenize(CLI::App& app, GlobalOptions& global);
 void register_bench_decode(CLI::App& app, GlobalOptions& global);
+void register_kv_eval(CLI::App& app, GlobalOptions& global);
 void register_prune_blocks(CLI::App& app, GlobalOptions& global);
 
 }  // namespace kvlab::cli

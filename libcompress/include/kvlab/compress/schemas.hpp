@@ -5,7 +5,7 @@
 
 namespace kvlab::compress {
 
-/// Adds the schema of every artifact kind libcompress writes (none until its first writer lands).
+/// Adds the schema of every artifact kind libcompress writes (kv-report).
 void register_schemas(core::SchemaRegistry& reg);
 
 }  // namespace kvlab::compress
