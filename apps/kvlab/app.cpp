@@ -42,6 +42,7 @@ const std::vector<Command>& commands() {
       {"snn-train", register_snn_train, true},
       // hardware-constrained compilation
       {"pim-compile", register_pim_compile, true},
+      {"mobile-plan", register_mobile_plan, false},  // -o on its plan/export subcommands
   };
   return table;
 }

@@ -72,6 +72,7 @@ void register_import_hf(CLI::App& app, GlobalOptions& global);
 void register_import_gguf(CLI::App& app, GlobalOptions& global);
 void register_export_hf(CLI::App& app, GlobalOptions& global);
 void register_pim_compile(CLI::App& app, GlobalOptions& global);
+void register_mobile_plan(CLI::App& app, GlobalOptions& global);
 void register_bnn_train(CLI::App& app, GlobalOptions& global);
 void register_binarize(CLI::App& app, GlobalOptions& global);
 void register_snn_train(CLI::App& app, GlobalOptions& global);
