@@ -32,8 +32,9 @@ with h5py.File(sys.argv[2]) as f:
         assert abs(c["score"][i] - cell["score"]) < 1e-9, (i, c["score"][i], cell["score"])
         assert c["kv_bytes_peak"][i] == cell["kv_bytes_peak"]
     full = [x for x in j if x["method"] == "full" and x["task"] == "ppl"][0]
-    snap = [x for x in j if x["method"] == "snapkv" and x["task"] == "ppl" and x["budget"] == "64"][0]
-    assert snap["budget_tokens"] == 64 and snap["kv_bytes_peak"] < full["kv_bytes_peak"]
+    snap = [x for x in j if x["method"] == "snapkv" and x["task"] == "ppl" and x["budget"] == "0.25"][0]
+    assert snap["budget_tokens"] == 24 and snap["kv_bytes_peak"] < full["kv_bytes_peak"]
+    assert [x for x in j if x["method"] == "snapkv" and x["budget"] == "64"][0]["budget_tokens"] == 64
 PY
 
 # scripts/plot: accuracy- and memory-vs-budget PNGs.
