@@ -88,6 +88,24 @@ assert all(r["status"].startswith("reported") for r in d["reference_rows"])
 PY
 [ $(( $(date +%s) - start )) -lt 60 ] || fail "the five steps took more than 60 s"
 
+# 6. export: ONNX chunks + manifest (chunks chain); an existing output needs --force.
+expect_exit 0 "$KVLAB" --seed 3 --progress none mobile-plan export "$SRC/data/diffusion/tiny" --profile-dir "$PD" --cap-mb 0.2 -o "$T/onnx"
+$PY - "$T/onnx" <<'PY' || fail "export manifest"
+import json, os, sys
+m = json.load(open(os.path.join(sys.argv[1], "manifest.json")))
+u = m["components"]["unet"]
+assert len(u) > 1, len(u)
+seen = {"sample", "time_proj", "encoder_hidden_states"}
+for c in u:
+    assert set(c["inputs"]) <= seen, (c["file"], set(c["inputs"]) - seen)
+    seen |= set(c["outputs"])
+    assert os.path.getsize(os.path.join(sys.argv[1], c["file"])) > 0
+assert "conv_out" in u[-1]["outputs"]
+PY
+expect_exit 2 "$KVLAB" --progress none mobile-plan export "$SRC/data/diffusion/tiny" --profile-dir "$PD" -o "$T/onnx"
+expect_stderr "already exists"
+[ -z "$(ls "$T" | grep partial)" ] || fail "partial files left behind"
+
 # Bad input: malformed config (3), unknown option value (2), missing directory (2).
 mkdir -p "$T/bad/text_encoder" "$T/bad/unet" "$T/bad/vae"
 cp "$SRC/data/diffusion/tiny/text_encoder/config.json" "$T/bad/text_encoder/"
