@@ -171,8 +171,10 @@ decode_attn_partial(const T* __restrict__ q, const T* __restrict__ k, const T* _
   const T* vb = v + b * vsb + hk * vsh + dv * 8;
   const long long* pb = kpos + b * psb + hk * psh;
 
-  for (int j = r; j < len; j += rows) {
-    const long long p = pb[start + j];
+  // Every lane runs the same number of passes (the shuffles below need the whole warp).
+  for (int j0 = 0; j0 < len; j0 += rows) {
+    const int j = j0 + r;
+    const long long p = j < len ? pb[start + j] : -1;
     const bool ok = p >= 0 && p <= qp && (window <= 0 || p > qp - window);
     float s[kMaxGroup];
 #pragma unroll
@@ -189,7 +191,7 @@ decode_attn_partial(const T* __restrict__ q, const T* __restrict__ k, const T* _
     for (int g = 0; g < kMaxGroup; ++g)
 #pragma unroll
       for (int o = TPR / 2; o > 0; o >>= 1) s[g] += __shfl_xor_sync(0xffffffffu, s[g], o);
-    if (dv == 0) {
+    if (dv == 0 && j < len) {
 #pragma unroll
       for (int g = 0; g < kMaxGroup; ++g)
         if (g < group) sc[g * kChunk + j] = ok ? s[g] * scale : -INFINITY;

@@ -99,14 +99,15 @@ TEST_CASE("fused CUDA decode attention == the masked reference, holes and a wind
   for (auto dt : {at::kFloat, at::kBFloat16}) {
     CAPTURE(dt);
     const auto o = at::TensorOptions().device(at::kCUDA).dtype(dt);
-    const std::int64_t b = 2, hk = 2, g = 4, l = 700, d = 64;  // 700 slots: three splits
+    // 701 slots: three splits, the last one ragged (odd rows in flight per warp at D = 128).
+    const std::int64_t b = 2, hk = 2, g = 4, l = 701, d = 128;
     at::Tensor q = at::randn({b, hk * g, 1, d}, o), k = at::randn({b, hk, l, d}, o),
                v = at::randn({b, hk, l, d}, o);
     at::Tensor kpos = at::arange(l, at::TensorOptions().device(at::kCUDA).dtype(at::kLong))
                           .view({1, 1, l}).repeat({b, hk, 1});
     kpos.index_put_({0, 1, at::indexing::Slice(100, 300)}, -1);  // a hole in one head
     kpos.index_put_({1, at::indexing::Slice(), at::indexing::Slice(650, l)}, -1);  // empty tail
-    at::Tensor qpos = at::tensor({699, 640}, at::kLong).view({b, 1}).to(at::kCUDA);
+    at::Tensor qpos = at::tensor({700, 640}, at::kLong).view({b, 1}).to(at::kCUDA);
     for (std::optional<std::int64_t> window : {std::optional<std::int64_t>{}, std::optional<std::int64_t>{257}}) {
       llm::AttentionOptions fused, ref;
       fused.sliding_window = ref.sliding_window = window;
