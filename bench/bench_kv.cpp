@@ -29,6 +29,7 @@
 #include "kvlab/compress/rpc.hpp"
 #include "kvlab/core/runtime.hpp"
 #include "kvlab/llm/model.hpp"
+#include "bench_shapes.hpp"
 
 #ifdef KVLAB_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -51,25 +52,9 @@ double median(std::vector<double> v) {
 }
 
 llm::ModelConfig shape_config(const std::string& shape) {
+  if (shape == "llama-3.1-8b") return bench::llama31_8b();
   llm::ModelConfig c;
-  if (shape == "llama-3.1-8b") {
-    c.arch = llm::Arch::llama;
-    c.vocab_size = 128256;
-    c.hidden_size = 4096;
-    c.intermediate_size = 14336;
-    c.num_hidden_layers = 32;
-    c.num_attention_heads = 32;
-    c.num_key_value_heads = 8;
-    c.head_dim = 128;
-    c.max_position_embeddings = 131072;
-    c.rms_norm_eps = 1e-5;
-    c.rope_theta = 500000.0;
-    c.rope_scaling.type = "llama3";
-    c.rope_scaling.factor = 8.0;
-    c.rope_scaling.low_freq_factor = 1.0;
-    c.rope_scaling.high_freq_factor = 4.0;
-    c.rope_scaling.original_max_position_embeddings = 8192;
-  } else if (shape == "qwen2-7b") {
+  if (shape == "qwen2-7b") {
     c.arch = llm::Arch::qwen2;
     c.vocab_size = 152064;
     c.hidden_size = 3584;

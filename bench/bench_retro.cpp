@@ -24,29 +24,11 @@
 #include "kvlab/core/progress.hpp"
 #include "kvlab/llm/import_export.hpp"
 #include "kvlab/llm/model.hpp"
+#include "bench_shapes.hpp"
 
 using namespace kvlab;
 
 namespace {
-
-llm::ModelConfig llama8b() {
-  llm::ModelConfig c;
-  c.arch = llm::Arch::llama;
-  c.vocab_size = 128256;
-  c.hidden_size = 4096;
-  c.intermediate_size = 14336;
-  c.num_hidden_layers = 32;
-  c.num_attention_heads = 32;
-  c.num_key_value_heads = 8;
-  c.head_dim = 128;
-  c.max_position_embeddings = 131072;
-  c.rms_norm_eps = 1e-5;
-  c.rope_theta = 500000.0;
-  c.rope_scaling.type = "llama3";
-  c.rope_scaling.factor = 8.0;
-  c.rope_scaling.original_max_position_embeddings = 8192;
-  return c;
-}
 
 struct Result {
   double ms_per_step = 0;
@@ -128,7 +110,7 @@ int main(int argc, char** argv) {
       llm::import_hf(model_path, tmp, {}, core::Provenance{}, np);
       model_path = tmp.string();
     }
-    const llm::Model m = l8b ? llm::Model::random(llama8b(), mo, 0) : llm::load_model(model_path, mo);
+    const llm::Model m = l8b ? llm::Model::random(bench::llama31_8b(), mo, 0) : llm::load_model(model_path, mo);
     at::manual_seed(0);
     const std::int64_t vocab = std::min<std::int64_t>(m.config().vocab_size, 256);
     const at::Tensor ids = at::randint(0, vocab, {1, context + steps + 2}, at::kLong);

@@ -12,6 +12,7 @@
 
 #include "../llm/tiny_model.hpp"
 #include "../test_util.hpp"
+#include "fixture.hpp"
 #include "kvlab/compress/fastkv.hpp"
 #include "kvlab/core/h5.hpp"
 #include "kvlab/core/tensor_io.hpp"
@@ -38,16 +39,6 @@ FastKVOptions golden_options(const h5::Group& root, const h5::Group& c) {
   o.tsp_length = c.attr_int("tsp_length_option");
   o.pooling = c.attr_int("pooling_max") ? "maxpool" : "avgpool";
   return o;
-}
-
-const llm::Model& fixture_model() {
-  static const llm::Model m = [] {
-    const auto out = test::scratch("kjv-fastkv.h5");
-    core::NullProgress np;
-    llm::import_hf(test::source_path("data/kjv-byte-llama"), out, {}, core::Provenance{}, np);
-    return llm::load_model(out, {"cpu", "float32"});
-  }();
-  return m;
 }
 
 at::Tensor text_ids(std::int64_t offset, std::int64_t n) {
@@ -150,7 +141,7 @@ TEST_CASE("fastkv: invalid options are usage errors naming the flag") {
   CHECK(test::error_of([&] { FastKVPolicy(o, 0); }, 2).find("--fastkv-tsp-layer") !=
         std::string::npos);
   // The official default TSP layer (15) does not exist in the 8-layer fixture model.
-  const llm::Model& m = fixture_model();
+  const llm::Model& m = test::fixture_model_f32();
   FastKVPolicy pol(FastKVOptions{}, 0);
   llm::KVCache cache = m.make_cache(1);
   llm::ForwardOptions fo;
@@ -161,7 +152,7 @@ TEST_CASE("fastkv: invalid options are usage errors naming the flag") {
 }
 
 TEST_CASE("fastkv: fixture model: TSP shortens later layers, caches shrink, output stays sane") {
-  const llm::Model& m = fixture_model();
+  const llm::Model& m = test::fixture_model_f32();
   const std::int64_t n = 600, gen = 64, tsp_layer = 3;
   at::Tensor ids = text_ids(2000, n + gen);
   FastKVOptions o;  // official proportional defaults: retain 0.1, tsp rate 0.2, window 8, maxpool

@@ -13,28 +13,14 @@
 #include "kvlab/core/schema.hpp"
 #include "kvlab/llm/import_export.hpp"
 #include "../test_util.hpp"
+#include "fixture.hpp"
 
 using namespace kvlab;
 
 namespace {
 
-const std::filesystem::path& fixture_path() {
-  static const std::filesystem::path p = [] {
-    const auto out = test::scratch("kjv.h5");
-    core::NullProgress np;
-    llm::import_hf(test::source_path("data/kjv-byte-llama"), out, {}, {}, np);
-    return out;
-  }();
-  return p;
-}
-
-const llm::Model& fixture() {
-  static const llm::Model m = llm::load_model(fixture_path(), {"cpu", "float32"});
-  return m;
-}
-
 compress::KvTaskInputs fixture_inputs() {
-  return compress::load_kv_task_inputs(fixture(), fixture_path().string(),
+  return compress::load_kv_task_inputs(test::fixture_model_f32(), test::fixture_artifact().string(),
                                        test::source_path("data/kjv-byte-llama/heldout.txt"), {}, "");
 }
 
@@ -102,7 +88,7 @@ TEST_CASE("kv-eval on the fixture: full retrieves >= 90%, compression frees memo
   o.task.batch_size = 2;
   core::NullProgress np;
   const auto in = fixture_inputs();
-  const compress::KvEvalResult r = compress::run_kv_eval(fixture(), in, o, np);
+  const compress::KvEvalResult r = compress::run_kv_eval(test::fixture_model_f32(), in, o, np);
   REQUIRE(r.cells.size() == 6);
   const compress::KvCell& full = r.cells[0];
   CHECK(full.task == "retrieval");
@@ -140,7 +126,7 @@ TEST_CASE("kv-eval on the fixture: full retrieves >= 90%, compression frees memo
   const auto problems = core::validate(core::ArtifactReader::open_any(path), reg);
   CHECK(problems.empty());
   // Another kind is refused with exit 3, naming both kinds.
-  const std::string e = test::error_of([] { (void)compress::read_kv_report(fixture_path()); }, 3);
+  const std::string e = test::error_of([] { (void)compress::read_kv_report(test::fixture_artifact()); }, 3);
   CHECK(e.find("kv-report") != std::string::npos);
 }
 
@@ -151,7 +137,7 @@ TEST_CASE("absolute budgets above a task's context are refused before the grid r
   o.tasks = {"ppl"};
   o.task.ppl.prompt_tokens = 64;
   core::NullProgress np;
-  const std::string e = test::error_of([&] { (void)compress::run_kv_eval(fixture(), fixture_inputs(), o, np); }, 2);
+  const std::string e = test::error_of([&] { (void)compress::run_kv_eval(test::fixture_model_f32(), fixture_inputs(), o, np); }, 2);
   CHECK(e.find("above the context of task ppl (64 tokens)") != std::string::npos);
 }
 
@@ -170,8 +156,8 @@ TEST_CASE("jsonl and speed tasks run on the fixture") {
   o.task.speed.context = 64;
   o.task.speed.decode_tokens = 4;
   core::NullProgress np;
-  const auto in = compress::load_kv_task_inputs(fixture(), fixture_path().string(), "", {}, jl.string());
-  const auto r = compress::run_kv_eval(fixture(), in, o, np);
+  const auto in = compress::load_kv_task_inputs(test::fixture_model_f32(), test::fixture_artifact().string(), "", {}, jl.string());
+  const auto r = compress::run_kv_eval(test::fixture_model_f32(), in, o, np);
   REQUIRE(r.cells.size() == 4);
   CHECK(r.cells[0].metric == "pass@1");
   CHECK(r.cells[0].outcome.score == doctest::Approx(0.5));  // the key yes, "zzzzzz" no

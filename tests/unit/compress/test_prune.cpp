@@ -12,6 +12,7 @@
 
 #include "../llm/tiny_model.hpp"
 #include "../test_util.hpp"
+#include "fixture.hpp"
 #include "kvlab/compress/prune.hpp"
 #include "kvlab/core/h5.hpp"
 #include "kvlab/llm/data.hpp"
@@ -22,22 +23,6 @@ using compress::PruneMetric;
 using compress::PruneOptions;
 
 namespace {
-
-// The fixture model imported once per test binary (float32 compute).
-const std::filesystem::path& fixture_artifact() {
-  static const std::filesystem::path p = [] {
-    const auto out = test::scratch("kjv-prune.h5");
-    core::NullProgress np;
-    llm::import_hf(test::source_path("data/kjv-byte-llama"), out, {}, core::Provenance{}, np);
-    return out;
-  }();
-  return p;
-}
-
-const llm::Model& fixture_model() {
-  static const llm::Model m = llm::load_model(fixture_artifact(), {"cpu", "float32"});
-  return m;
-}
 
 // Byte ids of the committed KJV calibration text (Genesis; not in the held-out split).
 at::Tensor calib_ids() {
@@ -101,7 +86,7 @@ TEST_CASE("prune: remove counts, ratios (ceil, as SLEB's latency.py) and protect
 }
 
 TEST_CASE("prune: the cached search picks exactly what the plain recomputing search picks") {
-  const llm::Model& model = fixture_model();
+  const llm::Model& model = test::fixture_model_f32();
   compress::CalibOptions co;
   co.windows = 3;
   co.len = 256;
@@ -173,7 +158,7 @@ TEST_CASE("prune: kvlab removes the blocks SLEB's official code removes, in its 
   PruneOptions o;
   o.remove = golden.at("num_remove_blocks").get<std::int64_t>();
   core::NullProgress np;
-  const auto r = compress::select_blocks(fixture_model(), windows, o, np);
+  const auto r = compress::select_blocks(test::fixture_model_f32(), windows, o, np);
   CHECK(r.removed == golden.at("removal_order").get<std::vector<std::int64_t>>());
   // Per-round losses: the reference's summed NLL of every candidate.
   const auto losses = golden.at("round_losses");
@@ -184,7 +169,7 @@ TEST_CASE("prune: kvlab removes the blocks SLEB's official code removes, in its 
 }
 
 TEST_CASE("prune: one-shot similarity metrics") {
-  const llm::Model& model = fixture_model();
+  const llm::Model& model = test::fixture_model_f32();
   compress::CalibOptions co;
   co.windows = 2;
   co.len = 128;
@@ -235,7 +220,7 @@ TEST_CASE("prune: one-shot similarity metrics") {
 }
 
 TEST_CASE("prune: the pruned artifact is smaller, loads, and names what was removed") {
-  const llm::ModelFile source = llm::read_model(fixture_artifact());
+  const llm::ModelFile source = llm::read_model(test::fixture_artifact());
   compress::PruneResult r;
   r.metric = PruneMetric::sleb;
   r.removed = {5, 2};
@@ -246,8 +231,8 @@ TEST_CASE("prune: the pruned artifact is smaller, loads, and names what was remo
   r.plain_block_forwards = 20;
   const auto out = test::scratch("pruned.h5");
   std::filesystem::remove(out);
-  compress::write_pruned_model(out, fixture_artifact(), source, r, {}, core::Provenance{});
-  CHECK(std::filesystem::file_size(out) < std::filesystem::file_size(fixture_artifact()));
+  compress::write_pruned_model(out, test::fixture_artifact(), source, r, {}, core::Provenance{});
+  CHECK(std::filesystem::file_size(out) < std::filesystem::file_size(test::fixture_artifact()));
   const llm::ModelFile pruned = llm::read_model(out);
   CHECK(pruned.config.num_hidden_layers == 6);
   CHECK(pruned.original_layer_indices == std::vector<std::int64_t>{0, 1, 3, 4, 6, 7});

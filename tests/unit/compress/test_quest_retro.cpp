@@ -13,6 +13,7 @@
 
 #include "../llm/tiny_model.hpp"
 #include "../test_util.hpp"
+#include "fixture.hpp"
 #include "kvlab/compress/quest.hpp"
 #include "kvlab/compress/retro.hpp"
 #include "kvlab/llm/attention.hpp"
@@ -54,16 +55,6 @@ QuestOptions tiny_quest() {
 at::Tensor tiny_ids(std::int64_t n, std::uint64_t seed) {
   at::manual_seed(seed);
   return at::randint(2, 64, {1, n}, at::kLong);
-}
-
-const llm::Model& fixture_model() {
-  static const llm::Model m = [] {
-    const auto out = test::scratch("kjv-quest-retro.h5");
-    core::NullProgress np;
-    llm::import_hf(test::source_path("data/kjv-byte-llama"), out, {}, core::Provenance{}, np);
-    return llm::load_model(out, {"cpu", "float32"});
-  }();
-  return m;
 }
 
 }  // namespace
@@ -356,7 +347,7 @@ TEST_CASE("quest/retro: bad options and a cache without page metadata are usage 
 }
 
 TEST_CASE("retro: effective KV exposure exceeds quest's on a fixture-model decode run") {
-  const llm::Model& m = fixture_model();
+  const llm::Model& m = test::fixture_model_f32();
   const std::string text = test::read_file(test::source_path("data/kjv-byte-llama/heldout.txt"));
   REQUIRE(text.size() > 800);
   const at::Tensor ids = at::tensor(llm::bytes_to_ids(text.substr(0, 640)), at::kLong).unsqueeze(0);

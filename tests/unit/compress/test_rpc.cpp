@@ -12,6 +12,7 @@
 
 #include "../llm/tiny_model.hpp"
 #include "../test_util.hpp"
+#include "fixture.hpp"
 #include "kvlab/compress/rpc.hpp"
 #include "kvlab/core/h5.hpp"
 #include "kvlab/core/tensor_io.hpp"
@@ -36,16 +37,6 @@ RpcOptions golden_options(const h5::Group& root, const h5::Group& c) {
   o.pooling = c.attr_int("pooling_max") ? "maxpool" : "avgpool";
   o.duplicate_current_query = c.attr_int("duplicate_current_query") != 0;
   return o;
-}
-
-const llm::Model& fixture_model() {
-  static const llm::Model m = [] {
-    const auto out = test::scratch("kjv-rpc.h5");
-    core::NullProgress np;
-    llm::import_hf(test::source_path("data/kjv-byte-llama"), out, {}, core::Provenance{}, np);
-    return llm::load_model(out, {"cpu", "float32"});
-  }();
-  return m;
 }
 
 // Bytes of held-out text as token ids [n].
@@ -204,7 +195,7 @@ TEST_CASE("rpc: invalid options are usage errors naming the flag") {
 
 TEST_CASE("rpc: fixture model, batch 2 with left padding: memory shrinks, quality holds, rows "
           "equal single runs") {
-  const llm::Model& m = fixture_model();
+  const llm::Model& m = test::fixture_model_f32();
   RpcOptions o;
   o.interval = 64;
   o.window = 8;
