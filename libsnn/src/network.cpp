@@ -1,7 +1,8 @@
 // Forward simulation and the hand-written backward passes (network.hpp). The per-layer time
-// recurrences are fused into one loop over (time, batch x neurons) on CPU, parallel over neurons;
-// the synaptic input of all time steps of a layer is one matmul. Other devices run the same
-// recurrences as per-step ATen ops.
+// recurrences are fused into one loop over (time, batch x neurons) on CPU, parallel over neurons,
+// and into one kernel per layer and direction on CUDA (src/cuda/scan_kernels.cu); the synaptic
+// input of all time steps of a layer is one matmul, the weight gradient another. Other devices,
+// and ScanImpl::aten, run the same recurrences as per-step ATen ops.
 #include "kvlab/snn/network.hpp"
 
 #include <ATen/ATen.h>
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cuda_kernels.hpp"
 #include "kvlab/core/error.hpp"
 
 namespace kvlab::snn {
@@ -101,11 +103,29 @@ at::Tensor lif_surrogate_grad(const at::Tensor& x, const NeuronOptions& n) {
   return x;
 }
 
+const char* scan_backend(const at::Device& device, ScanImpl impl) {
+  if (impl == ScanImpl::aten) return "aten";
+  if (device.is_cpu()) return "cpu-fused";
+#ifdef KVLAB_WITH_CUDA
+  if (device.is_cuda()) return "cuda-fused";
+#endif
+  return "aten";
+}
+
 namespace {
 
 bool cpu_fast(const at::Tensor& t) {
   return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
 }
+
+#ifdef KVLAB_WITH_CUDA
+// Whether the fused CUDA kernels take all these tensors (undefined ones are skipped).
+bool cuda_fast(std::initializer_list<const at::Tensor*> ts) {
+  for (const at::Tensor* t : ts)
+    if (t->defined() && !cuda::supports(*t)) return false;
+  return true;
+}
+#endif
 
 constexpr std::int64_t kGrain = 2048;
 
@@ -113,11 +133,18 @@ constexpr std::int64_t kGrain = 2048;
 // I, V, s) are updated in place; zero carries give the t = 0 case exactly.
 void antlr_scan(const at::Tensor& x, const at::Tensor& c, at::Tensor i_out, at::Tensor v_out,
                 at::Tensor vp_out, at::Tensor s_out, at::Tensor& cI, at::Tensor& cV,
-                at::Tensor& cS, const NeuronOptions& n) {
+                at::Tensor& cS, const NeuronOptions& n, ScanImpl impl) {
   const std::int64_t T = x.size(0);
   const float ai = static_cast<float>(n.alpha_i), av = static_cast<float>(n.alpha_v),
               bv = static_cast<float>(n.beta_v), vmin = static_cast<float>(n.v_prime_min);
-  if (cpu_fast(x) && cpu_fast(c) && cpu_fast(i_out) && cpu_fast(cI)) {
+#ifdef KVLAB_WITH_CUDA
+  if (impl == ScanImpl::fused &&
+      cuda_fast({&x, &c, &i_out, &v_out, &vp_out, &s_out, &cI, &cV, &cS})) {
+    cuda::antlr_forward(x, c, i_out, v_out, vp_out, s_out, cI, cV, cS, n);
+    return;
+  }
+#endif
+  if (impl == ScanImpl::fused && cpu_fast(x) && cpu_fast(c) && cpu_fast(i_out) && cpu_fast(cI)) {
     const std::int64_t BN = x.numel() / std::max<std::int64_t>(T, 1);
     const float* X = x.data_ptr<float>();
     const float* C = c.data_ptr<float>();
@@ -159,21 +186,32 @@ void antlr_scan(const at::Tensor& x, const at::Tensor& c, at::Tensor i_out, at::
   }
 }
 
-// ---- LIF neuron (snnTorch Leaky, subtract reset): U[t] = beta U[t-1] + x[t] - theta s[t-1].
-void lif_scan(const at::Tensor& x, at::Tensor u_out, at::Tensor s_out, at::Tensor& cU,
-              at::Tensor& cS, const NeuronOptions& n) {
+// ---- LIF neuron (snnTorch Leaky, subtract reset): U[t] = beta U[t-1] + (x[t] + b) - theta s[t-1].
+// x is the synaptic input W s_in without the bias; bias [N] (undefined: none).
+void lif_scan(const at::Tensor& x, const at::Tensor& bias, at::Tensor u_out, at::Tensor s_out,
+              at::Tensor& cU, at::Tensor& cS, const NeuronOptions& n, ScanImpl impl) {
   const std::int64_t T = x.size(0);
   const float beta = static_cast<float>(n.lif_beta), th = static_cast<float>(n.threshold);
-  if (cpu_fast(x) && cpu_fast(u_out) && cpu_fast(cU)) {
+#ifdef KVLAB_WITH_CUDA
+  if (impl == ScanImpl::fused && cuda_fast({&x, &bias, &u_out, &s_out, &cU, &cS})) {
+    cuda::lif_forward(x, bias, u_out, s_out, cU, cS, n);
+    return;
+  }
+#endif
+  if (impl == ScanImpl::fused && cpu_fast(x) && cpu_fast(u_out) && cpu_fast(s_out) &&
+      cpu_fast(cU) && cpu_fast(cS) && (!bias.defined() || cpu_fast(bias))) {
     const std::int64_t BN = x.numel() / std::max<std::int64_t>(T, 1);
+    const std::int64_t N = cU.size(-1);
     const float* X = x.data_ptr<float>();
+    const float* Bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
     float *U = u_out.data_ptr<float>(), *S = s_out.data_ptr<float>();
     float *pU = cU.data_ptr<float>(), *pS = cS.data_ptr<float>();
     at::parallel_for(0, BN, kGrain, [&](std::int64_t j0, std::int64_t j1) {
       for (std::int64_t t = 0; t < T; ++t) {
         const std::int64_t o = t * BN;
         for (std::int64_t j = j0; j < j1; ++j) {
-          const float u = beta * pU[j] + X[o + j] - th * pS[j];
+          const float xin = Bias ? X[o + j] + Bias[j % N] : X[o + j];
+          const float u = beta * pU[j] + xin - th * pS[j];
           const float s = u > th ? 1.f : 0.f;
           U[o + j] = u;
           S[o + j] = s;
@@ -184,8 +222,9 @@ void lif_scan(const at::Tensor& x, at::Tensor u_out, at::Tensor s_out, at::Tenso
     });
     return;
   }
+  const at::Tensor xb = bias.defined() ? x + bias : x;
   for (std::int64_t t = 0; t < T; ++t) {
-    cU = cU * n.lif_beta + x[t] - cS * n.threshold;
+    cU = cU * n.lif_beta + xb[t] - cS * n.threshold;
     cS = (cU > n.threshold).to(cU.scalar_type());
     u_out[t].copy_(cU);
     s_out[t].copy_(cS);
@@ -200,13 +239,24 @@ void lif_scan(const at::Tensor& x, at::Tensor u_out, at::Tensor s_out, at::Tenso
 // so that dL/dT of a presynaptic spike at t is beta_i W^T ef2[t] (tprop_dLdV_to_dLdT):
 //   ef1[t] = (1 - s[t]) (g[t+1] / 2 + alpha_v ef1[t+1]) - alpha_v g[t] / 2
 //   ef2[t] = alpha_i (1 - s[t]) ef2[t+1] - beta_v alpha_i g[t] / 2 + beta_v ef1[t]
+// On CUDA, `vdep_sum` ([B, N], when given) receives sum_t vdep[t]; elsewhere it stays undefined.
 void antlr_backward_scan(const at::Tensor& g, const at::Tensor& s, at::Tensor vdep,
-                         at::Tensor igrad, at::Tensor ef2, const NeuronOptions& n) {
+                         at::Tensor igrad, at::Tensor ef2, const NeuronOptions& n, ScanImpl impl,
+                         at::Tensor* vdep_sum = nullptr) {
   const std::int64_t T = g.size(0);
   const bool want_ef = ef2.defined();
   const float ai = static_cast<float>(n.alpha_i), av = static_cast<float>(n.alpha_v),
               bv = static_cast<float>(n.beta_v);
-  if (cpu_fast(g) && cpu_fast(s) && cpu_fast(vdep)) {
+#ifdef KVLAB_WITH_CUDA
+  if (impl == ScanImpl::fused && cuda_fast({&g, &s, &vdep, &igrad, &ef2})) {
+    at::Tensor dsum;
+    if (vdep_sum) dsum = at::empty({g.size(1), g.size(2)}, g.options());
+    cuda::antlr_backward(g, s, vdep, igrad, ef2, dsum, n);
+    if (vdep_sum) *vdep_sum = dsum;
+    return;
+  }
+#endif
+  if (impl == ScanImpl::fused && cpu_fast(g) && cpu_fast(s) && cpu_fast(vdep)) {
     const std::int64_t BN = g.numel() / std::max<std::int64_t>(T, 1);
     const float *G = g.data_ptr<float>(), *S = s.data_ptr<float>();
     float *VD = vdep.data_ptr<float>(), *IG = igrad.data_ptr<float>();
@@ -257,10 +307,10 @@ void antlr_backward_scan(const at::Tensor& g, const at::Tensor& s, at::Tensor vd
 }
 
 // ---- LIF BPTT (reset detached, as snnTorch): dU[t] = h[t] + beta dU[t+1].
-void lif_backward_scan(const at::Tensor& h, at::Tensor du, const NeuronOptions& n) {
+void lif_backward_scan(const at::Tensor& h, at::Tensor du, const NeuronOptions& n, ScanImpl impl) {
   const std::int64_t T = h.size(0);
   const float beta = static_cast<float>(n.lif_beta);
-  if (cpu_fast(h) && cpu_fast(du)) {
+  if (impl == ScanImpl::fused && cpu_fast(h) && cpu_fast(du)) {
     const std::int64_t BN = h.numel() / std::max<std::int64_t>(T, 1);
     const float* H = h.data_ptr<float>();
     float* D = du.data_ptr<float>();
@@ -284,10 +334,18 @@ void lif_backward_scan(const at::Tensor& h, at::Tensor du, const NeuronOptions& 
   }
 }
 
-// LIF BPTT with the surrogate fused in (CPU): dU[t] = sigma'(U[t] - theta) dL/dS[t] + beta dU[t+1].
-// Returns false when the fast path does not apply.
+// LIF BPTT with the surrogate fused in: dU[t] = sigma'(U[t] - theta) dL/dS[t] + beta dU[t+1].
+// On CUDA one kernel, which also leaves sum_t dU[t] ([B, N]) in `du_sum`; on CPU a parallel loop
+// (du_sum stays undefined). Returns false when neither fast path applies.
 bool lif_backward_fused(const at::Tensor& u, const at::Tensor& dl_ds, at::Tensor du,
-                        const NeuronOptions& n) {
+                        at::Tensor& du_sum, const NeuronOptions& n) {
+#ifdef KVLAB_WITH_CUDA
+  if (cuda_fast({&u, &dl_ds, &du})) {
+    du_sum = at::empty({u.size(1), u.size(2)}, u.options());
+    cuda::lif_backward(u, dl_ds, du, du_sum, n);
+    return true;
+  }
+#endif
   if (!(cpu_fast(u) && cpu_fast(dl_ds) && cpu_fast(du))) return false;
   const std::int64_t T = u.size(0);
   const std::int64_t BN = u.numel() / std::max<std::int64_t>(T, 1);
@@ -378,10 +436,13 @@ ForwardResult forward(const Network& net, const at::Tensor& input, const SimOpti
         at::Tensor x = synaptic(prev, net.layers[l].weight);
         if (n.beta_i != 1.0) x.mul_(n.beta_i);
         antlr_scan(x, c.c, tr.i.narrow(0, t0, len), tr.v.narrow(0, t0, len),
-                   tr.v_prime.narrow(0, t0, len), tr.s.narrow(0, t0, len), c.i, c.v, c.s, n);
+                   tr.v_prime.narrow(0, t0, len), tr.s.narrow(0, t0, len), c.i, c.v, c.s, n,
+                   opt.scan);
       } else {
-        at::Tensor x = synaptic(prev, net.layers[l].weight) + net.layers[l].bias;
-        lif_scan(x, tr.v.narrow(0, t0, len), tr.s.narrow(0, t0, len), c.v, c.s, n);
+        // The bias is added inside the fused loops (x + b, rounded as the ATen expression).
+        const at::Tensor x = synaptic(prev, net.layers[l].weight);
+        lif_scan(x, net.layers[l].bias.to(at::kFloat).contiguous(), tr.v.narrow(0, t0, len),
+                 tr.s.narrow(0, t0, len), c.v, c.s, n, opt.scan);
       }
       prev = tr.s.narrow(0, t0, len);
     }
@@ -454,17 +515,18 @@ Gradients backward(const Network& net, const ForwardResult& fw, const at::Tensor
     at::Tensor ef2;
     if (lif) {
       at::Tensor du = at::empty_like(tr.v);
-      if (opt.keep_intermediates || !dl_ds.defined() ||
-          !lif_backward_fused(tr.v.contiguous(), dl_ds, du, n)) {
+      at::Tensor du_sum;  // sum_t dU, [B, N], when the fused CUDA kernel produced it
+      if (opt.keep_intermediates || !dl_ds.defined() || opt.scan == ScanImpl::aten ||
+          !lif_backward_fused(tr.v.contiguous(), dl_ds, du, du_sum, n)) {
         at::Tensor h = dl_ds.defined() ? lif_surrogate_grad(tr.v - n.threshold, n) * dl_ds
                                        : at::zeros_like(tr.v);
         h = h.contiguous();
         if (opt.keep_intermediates) gr.dl_dv[li] = h;
-        lif_backward_scan(h, du, n);
+        lif_backward_scan(h, du, n, opt.scan);
       }
       drive_grad = du;
       gr.weight[li] = at::matmul(du.reshape({-1, N}).t(), s_in.reshape({-1, In}));
-      gr.bias[li] = du.sum(at::IntArrayRef{0, 1});
+      gr.bias[li] = du_sum.defined() ? du_sum.sum(0) : du.sum(at::IntArrayRef{0, 1});
     } else {
       at::Tensor g = at::zeros_like(tr.v);
       if (act_path && dl_ds.defined()) {
@@ -479,11 +541,13 @@ Gradients backward(const Network& net, const ForwardResult& fw, const at::Tensor
       if (opt.keep_intermediates) gr.dl_dv[li] = g;
       at::Tensor vdep = at::empty_like(g), igrad = at::empty_like(g);
       if (tim_path && li > 0) ef2 = at::empty_like(g);
-      antlr_backward_scan(g, tr.s.contiguous(), vdep, igrad, ef2, n);
+      at::Tensor vdep_sum;  // sum_t vdep, [B, N], when the fused CUDA kernel produced it
+      antlr_backward_scan(g, tr.s.contiguous(), vdep, igrad, ef2, n, opt.scan, &vdep_sum);
       drive_grad = igrad;
       gr.weight[li] =
           at::matmul(igrad.reshape({-1, N}).t(), s_in.reshape({-1, In})) * n.beta_i;
-      gr.bias[li] = vdep.sum(at::IntArrayRef{0, 1}) * n.beta_bias;
+      gr.bias[li] = (vdep_sum.defined() ? vdep_sum.sum(0) : vdep.sum(at::IntArrayRef{0, 1})) *
+                    n.beta_bias;
       if (opt.rule == Rule::timing && opt.timing_penalty != 0) {
         // Silent neurons get their incoming weights raised (prop_dLdI_to_dLdW, is_timing):
         // dW[n, :] -= timing_penalty / fan_in * (fraction of samples where n never spiked).
@@ -491,7 +555,9 @@ Gradients backward(const Network& net, const ForwardResult& fw, const at::Tensor
         gr.weight[li].sub_(silent.unsqueeze(1) * (opt.timing_penalty / static_cast<double>(In)));
       }
     }
-    gr.weight[li].masked_fill_(at::isnan(gr.weight[li]), 0.0);
+    // NaNs in dW become 0 (the reference's guard against the timing path's division by V'; the
+    // LIF BPTT divides by nothing, so it skips this pass over the [out, in] gradient).
+    if (!lif) gr.weight[li].masked_fill_(at::isnan(gr.weight[li]), 0.0);
     if (opt.grad_clip > 0) {
       gr.weight[li].clamp_(-opt.grad_clip, opt.grad_clip);
       gr.bias[li].clamp_(-opt.grad_clip, opt.grad_clip);

@@ -1,6 +1,7 @@
 // Spiking networks of fully connected layers: the ANTLR neuron (Kim, Kim & Kim, NeurIPS 2020) and
 // a standard LIF neuron, their forward simulation (vectorised across batch and neurons, the time
-// recurrence fused in one CPU loop per layer) and their hand-written backward passes:
+// recurrence fused in one loop per layer: a parallel C++ loop on CPU, one CUDA kernel on a GPU)
+// and their hand-written backward passes:
 //   - activation-based (surrogate exp(-surr_beta |V - 1|)), timing-based (-dL/dt / V'), and
 //     ANTLR (their weighted sum), all with the reference's 'SRM' propagation (no gradient through
 //     the reset), the timing penalty for silent neurons and elementwise gradient clamping;
@@ -92,11 +93,23 @@ struct LayerTrace {
   at::Tensor i, v, v_prime, s;
 };
 
+/// How the per-layer time recurrences run. `fused`: one fused loop per layer and direction (a C++
+/// loop parallel over neurons on CPU, one CUDA kernel per layer on a CUDA build's GPU); `aten`:
+/// per-step ATen ops on any device (the reference the fused loops are tested against; slow on a
+/// GPU: a few hundred kernel launches per layer). Where no fused loop applies (other devices,
+/// non-contiguous tensors), `fused` falls back to `aten`.
+enum class ScanImpl { fused, aten };
+
+/// Which implementation `impl` resolves to for tensors on `device`: "cpu-fused", "cuda-fused" or
+/// "aten".
+const char* scan_backend(const at::Device& device, ScanImpl impl = ScanImpl::fused);
+
 struct SimOptions {
   /// Stop once every output neuron of every sample has spiked (the reference does this for the
   /// latency loss). Time is simulated in chunks of `chunk` steps, so the stop is exact.
   bool early_stop = false;
   std::int64_t chunk = 32;
+  ScanImpl scan = ScanImpl::fused;
 };
 
 struct ForwardResult {
@@ -117,6 +130,7 @@ struct RuleOptions {
   double timing_penalty = 100.0;  ///< timing rule: weight push of silent neurons (0: off)
   double grad_clip = 1.0;         ///< elementwise clamp of every parameter gradient (0: off)
   bool keep_intermediates = false;  ///< fill Gradients::dl_dv / dl_ds / dl_dt (tests, analysis)
+  ScanImpl scan = ScanImpl::fused;  ///< backward recurrences (SimOptions::scan)
 };
 
 struct Gradients {
