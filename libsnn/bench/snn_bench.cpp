@@ -82,7 +82,9 @@ int main(int argc, char** argv) {
       l.bias = (at::rand({n}) * 0.2 - 0.1).to(dev);  // nn.Linear-like nonzero bias
     }
     const at::Tensor x = at::rand({steps, batch, n}).to(dev);
-    const at::Tensor ones = at::ones({steps, batch, n}, x.options());
+    // dL/dS of loss = sum of the output spikes: ones, broadcast from one value as autograd's
+    // SumBackward gives it to snnTorch and SpikingJelly (nothing [T, B, n] is materialised).
+    const at::Tensor ones = at::ones({1, 1, 1}, x.options()).expand({steps, batch, n});
     snn::RuleOptions ro;
     ro.rule = snn::Rule::surrogate;
     ro.grad_clip = 0;

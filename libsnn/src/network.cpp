@@ -337,16 +337,21 @@ void lif_backward_scan(const at::Tensor& h, at::Tensor du, const NeuronOptions& 
 // LIF BPTT with the surrogate fused in: dU[t] = sigma'(U[t] - theta) dL/dS[t] + beta dU[t+1].
 // On CUDA one kernel, which also leaves sum_t dU[t] ([B, N]) in `du_sum`; on CPU a parallel loop
 // (du_sum stays undefined). Returns false when neither fast path applies.
-bool lif_backward_fused(const at::Tensor& u, const at::Tensor& dl_ds, at::Tensor du,
+// dl_ds may be strided on CUDA (e.g. the expanded ones of a spike-sum loss: nothing materialised).
+bool lif_backward_fused(const at::Tensor& u, const at::Tensor& dl_ds_in, at::Tensor du,
                         at::Tensor& du_sum, const NeuronOptions& n) {
 #ifdef KVLAB_WITH_CUDA
-  if (cuda_fast({&u, &dl_ds, &du})) {
+  if (cuda_fast({&u, &du}) && dl_ds_in.is_cuda() && dl_ds_in.scalar_type() == at::kFloat) {
     du_sum = at::empty({u.size(1), u.size(2)}, u.options());
-    cuda::lif_backward(u, dl_ds, du, du_sum, n);
+    cuda::lif_backward(u, dl_ds_in, du, du_sum, n);
     return true;
   }
 #endif
-  if (!(cpu_fast(u) && cpu_fast(dl_ds) && cpu_fast(du))) return false;
+  if (!(cpu_fast(u) && cpu_fast(du) && dl_ds_in.device().is_cpu())) return false;
+  // A loss gradient broadcast from one value (all strides 0) is read as that value.
+  const bool scalar_g = dl_ds_in.dim() == 3 && dl_ds_in.stride(0) == 0 && dl_ds_in.stride(1) == 0 &&
+                        dl_ds_in.stride(2) == 0;
+  const at::Tensor dl_ds = scalar_g ? dl_ds_in : dl_ds_in.contiguous();
   const std::int64_t T = u.size(0);
   const std::int64_t BN = u.numel() / std::max<std::int64_t>(T, 1);
   const float beta = static_cast<float>(n.lif_beta), th = static_cast<float>(n.threshold);
@@ -373,7 +378,7 @@ bool lif_backward_fused(const at::Tensor& u, const at::Tensor& dl_ds, at::Tensor
           sg = sa * std::exp(-sb * std::fabs(x));
         }
         const std::size_t k = static_cast<std::size_t>(j - j0);
-        c[k] = sg * G[o + j] + beta * c[k];
+        c[k] = sg * (scalar_g ? G[0] : G[o + j]) + beta * c[k];
         D[o + j] = c[k];
       }
     }
@@ -381,10 +386,12 @@ bool lif_backward_fused(const at::Tensor& u, const at::Tensor& dl_ds, at::Tensor
   return true;
 }
 
-// [T, B, in] x W[out, in]^T -> [T, B, out]
-at::Tensor synaptic(const at::Tensor& s, const at::Tensor& w) {
+// out [T, B, out] (contiguous) = [T, B, in] x W[out, in]^T: one GEMM over all T x B rows,
+// written straight into the layer's trace (the scans then overwrite it in place, step by step).
+void synaptic_into(const at::Tensor& s, const at::Tensor& w, at::Tensor out) {
   const auto T = s.size(0), B = s.size(1);
-  return at::matmul(s.reshape({T * B, s.size(2)}), w.t()).reshape({T, B, w.size(0)});
+  at::Tensor o2 = out.view({T * B, w.size(0)});
+  at::mm_out(o2, s.reshape({T * B, s.size(2)}), w.t());
 }
 
 }  // namespace
@@ -432,17 +439,21 @@ ForwardResult forward(const Network& net, const at::Tensor& input, const SimOpti
     for (std::size_t l = 0; l < net.layers.size(); ++l) {
       auto& tr = fw.layers[l];
       auto& c = carry[l];
+      // The synaptic input goes into I (ANTLR) or U (LIF) of these steps, and the scan replaces it
+      // step by step (each step's input is read before that step's state is written), so no
+      // separate [T, B, N] input tensor is allocated.
       if (antlr) {
-        at::Tensor x = synaptic(prev, net.layers[l].weight);
+        at::Tensor x = tr.i.narrow(0, t0, len);
+        synaptic_into(prev, net.layers[l].weight, x);
         if (n.beta_i != 1.0) x.mul_(n.beta_i);
-        antlr_scan(x, c.c, tr.i.narrow(0, t0, len), tr.v.narrow(0, t0, len),
-                   tr.v_prime.narrow(0, t0, len), tr.s.narrow(0, t0, len), c.i, c.v, c.s, n,
-                   opt.scan);
+        antlr_scan(x, c.c, x, tr.v.narrow(0, t0, len), tr.v_prime.narrow(0, t0, len),
+                   tr.s.narrow(0, t0, len), c.i, c.v, c.s, n, opt.scan);
       } else {
         // The bias is added inside the fused loops (x + b, rounded as the ATen expression).
-        const at::Tensor x = synaptic(prev, net.layers[l].weight);
-        lif_scan(x, net.layers[l].bias.to(at::kFloat).contiguous(), tr.v.narrow(0, t0, len),
-                 tr.s.narrow(0, t0, len), c.v, c.s, n, opt.scan);
+        at::Tensor x = tr.v.narrow(0, t0, len);
+        synaptic_into(prev, net.layers[l].weight, x);
+        lif_scan(x, net.layers[l].bias.to(at::kFloat).contiguous(), x, tr.s.narrow(0, t0, len),
+                 c.v, c.s, n, opt.scan);
       }
       prev = tr.s.narrow(0, t0, len);
     }
@@ -497,7 +508,7 @@ Gradients backward(const Network& net, const ForwardResult& fw, const at::Tensor
                        t.size(2) != fw.output().size(2),
                    UsageError, "snn backward: loss gradient shape {} does not match the output {}",
                    c10::str(t.sizes()), c10::str(fw.output().sizes()));
-    return t.narrow(0, 0, term).to(at::kFloat).contiguous();
+    return t.narrow(0, 0, term).to(at::kFloat);  // possibly strided (a broadcast gradient)
   };
   at::Tensor dl_ds = act_path ? fit(dl_ds_out) : at::Tensor();
   at::Tensor dl_dt = tim_path ? fit(dl_dt_out) : at::Tensor();

@@ -100,8 +100,12 @@ void lif_backward(const at::Tensor& u, const at::Tensor& dl_ds, at::Tensor& du, 
                   const NeuronOptions& n) {
   const std::int64_t T = steps_of(u), BN = row_of(u);
   check(u, u, T * BN, "U");
-  check(dl_ds, u, T * BN, "dL/dS");
   check(du, u, T * BN, "dU");
+  // dL/dS may be strided (a broadcast loss gradient such as sum's, or a narrowed window).
+  TORCH_CHECK(dl_ds.is_cuda() && dl_ds.scalar_type() == at::kFloat && dl_ds.device() == u.device() &&
+                  dl_ds.dim() == 3 && u.dim() == 3 && dl_ds.sizes() == u.sizes(),
+              "snn cuda scan: dL/dS must be a float32 CUDA tensor of U's shape ", u.sizes(),
+              ", got ", dl_ds.sizes());
   if (dsum.defined()) check(dsum, u, BN, "dU sum");
   if (T == 0 && dsum.defined()) dsum.zero_();
   if (T == 0 || BN == 0) return;
@@ -113,6 +117,10 @@ void lif_backward(const at::Tensor& u, const at::Tensor& dl_ds, at::Tensor& du, 
   a.dsum = dsum.defined() ? dsum.data_ptr<float>() : nullptr;
   a.T = T;
   a.BN = BN;
+  a.N = u.size(2);
+  a.gs_t = dl_ds.stride(0);
+  a.gs_b = dl_ds.stride(1);
+  a.gs_n = dl_ds.stride(2);
   a.beta = static_cast<float>(n.lif_beta);
   a.th = static_cast<float>(n.threshold);
   a.ka = static_cast<float>(M_PI / 2 * n.atan_alpha);

@@ -46,19 +46,15 @@ KVLAB_SNN_HD float mul_rn(float a, float b) {
   return a * b;
 #endif
 }
-KVLAB_SNN_HD float load(const float* p) {
-#ifdef __CUDA_ARCH__
-  return __ldg(p);
-#else
-  return *p;
-#endif
-}
+// Plain loads (not __ldg): the forward scans run in place, x aliasing U or I.
+KVLAB_SNN_HD float load(const float* p) { return *p; }
 
 /// Surrogate kinds, as kvlab::snn::Surrogate.
 enum : int { kSurrExp = 0, kSurrFastSigmoid = 1, kSurrAtan = 2 };
 
 // ---- LIF forward (snnTorch Leaky, subtract reset), as network.cpp's ATen loop:
 //   U[t] = (U[t-1] * beta + (x[t] + b)) - s[t-1] * theta;  s[t] = U[t] > theta
+// x may be u itself (in place: step t's input is read before U[t] is written).
 struct LifForwardArgs {
   const float* x;     ///< [T, BN] synaptic input (W s_in, without the bias)
   const float* bias;  ///< [N] or null
@@ -111,10 +107,11 @@ KVLAB_SNN_UNROLL
 // ---- LIF BPTT (reset detached): dU[t] = sigma'(U[t] - theta) dL/dS[t] + beta dU[t+1].
 struct LifBackwardArgs {
   const float* u;  ///< [T, BN] membrane
-  const float* g;  ///< [T, BN] dL/dS
+  const float* g;  ///< dL/dS [T, B, N] with strides gs_t, gs_b, gs_n (0 for a broadcast loss)
   float* du;       ///< [T, BN] out
   float* dsum;     ///< [BN] out: sum_t dU[t] (the bias gradient before the batch sum), or null
-  std::int64_t T, BN;
+  std::int64_t T, BN, N;
+  std::int64_t gs_t, gs_b, gs_n;
   float beta, th;
   float ka, ha;       ///< atan: ha / (1 + (ka x)^2)
   float slope;        ///< fast sigmoid: 1 / (slope |x| + 1)^2
@@ -138,7 +135,8 @@ template <int Kind>
 KVLAB_SNN_HD void lif_backward_thread(const LifBackwardArgs& a, std::int64_t j) {
   const std::int64_t BN = a.BN;
   const float* u = a.u + j;
-  const float* g = a.g + j;
+  const float* g = a.g + (j / a.N) * a.gs_b + (j % a.N) * a.gs_n;
+  const std::int64_t gt = a.gs_t;
   float* du = a.du + j;
   float c = 0.f, acc = 0.f;
   std::int64_t hi = a.T;  // steps [0, hi) remain, walked downwards
@@ -147,7 +145,7 @@ KVLAB_SNN_HD void lif_backward_thread(const LifBackwardArgs& a, std::int64_t j) 
 KVLAB_SNN_UNROLL
     for (int k = 0; k < kPrefetch; ++k) {
       uv[k] = load(u + (hi - 1 - k) * BN);
-      gv[k] = load(g + (hi - 1 - k) * BN);
+      gv[k] = load(g + (hi - 1 - k) * gt);
     }
 KVLAB_SNN_UNROLL
     for (int k = 0; k < kPrefetch; ++k) {
@@ -158,7 +156,7 @@ KVLAB_SNN_UNROLL
     }
   }
   for (std::int64_t t = hi - 1; t >= 0; --t) {
-    const float h = surrogate<Kind>(a, load(u + t * BN) - a.th) * load(g + t * BN);
+    const float h = surrogate<Kind>(a, load(u + t * BN) - a.th) * load(g + t * gt);
     c = add_rn(h, mul_rn(c, a.beta));
     du[t * BN] = c;
     acc += c;
@@ -171,7 +169,7 @@ KVLAB_SNN_UNROLL
 //   I[t] = x[t] + (I[t-1] keep) alpha_i
 //   V[t] = (I[t] beta_v + c) + vprev alpha_v;  s[t] = V[t] >= 1;  V'[t] = max(V[t] - vprev, vmin)
 struct AntlrForwardArgs {
-  const float* x;  ///< [T, BN] beta_i W s_in
+  const float* x;  ///< [T, BN] beta_i W s_in (may be i itself: in place)
   const float* c;  ///< [BN] beta_bias b, per (batch, neuron)
   float *i, *v, *vp, *s;  ///< [T, BN] out
   float *ci, *cv, *cs;    ///< [BN] carries in/out

@@ -99,6 +99,10 @@ TEST_CASE("fused CUDA thread loops, run on the CPU, == the per-step ATen path (L
     ba.dsum = dsum.data_ptr<float>();
     ba.T = T;
     ba.BN = B * N;
+    ba.N = N;
+    ba.gs_t = B * N;
+    ba.gs_b = N;
+    ba.gs_n = 1;
     ba.beta = static_cast<float>(net.neuron.lif_beta);
     ba.th = static_cast<float>(net.neuron.threshold);
     ba.ka = static_cast<float>(M_PI / 2 * net.neuron.atan_alpha);
@@ -115,6 +119,22 @@ TEST_CASE("fused CUDA thread loops, run on the CPU, == the per-step ATen path (L
     }
     CHECK(close(du, du_ref));
     CHECK(close(dsum, du_ref.sum(0)));
+
+    // The same with dL/dS = 0.5 broadcast (all strides 0), as a spike-sum loss gives it.
+    const float half = 0.5f;
+    ba.g = &half;
+    ba.gs_t = ba.gs_b = ba.gs_n = 0;
+    for (std::int64_t j = 0; j < B * N; ++j) scan::lif_backward_thread<scan::kSurrAtan>(ba, j);
+    {
+      const at::Tensor h = lif_surrogate_grad(u - net.neuron.threshold, net.neuron) * 0.5;
+      at::Tensor c = at::zeros({B, N});
+      for (std::int64_t t = T - 1; t >= 0; --t) {
+        c = h[t] + c * net.neuron.lif_beta;
+        du_ref[t].copy_(c);
+      }
+    }
+    CHECK(close(du, du_ref));
+    CHECK(max_abs(du) > 0);
   }
 
   // ---- ANTLR forward and backward (with ef2).
@@ -231,17 +251,26 @@ void check_lif_fused_vs_aten(const at::Device& dev) {
         CHECK(rate > 0.005);
         CHECK(rate < 0.95);
       }
-      const at::Tensor dl_ds = at::randn(fw.output().sizes(), fw.output().options());
-      RuleOptions ro, ro_ref;
-      ro.rule = ro_ref.rule = Rule::surrogate;
-      ro.grad_clip = ro_ref.grad_clip = 0;
-      ro_ref.scan = ScanImpl::aten;
-      const Gradients gr = backward(net, fw, dl_ds, {}, ro), gref = backward(net, ref, dl_ds, {}, ro_ref);
-      for (std::size_t l = 0; l < net.layers.size(); ++l) {
-        CAPTURE(l);
-        CHECK(close(gr.weight[l], gref.weight[l], 1e-4, 1e-5));
-        CHECK(close(gr.bias[l], gref.bias[l], 1e-4, 1e-5));
-        CHECK(max_abs(gref.weight[l]) > 0);
+      const auto out_sizes = fw.output().sizes();
+      const auto fo = fw.output().options();
+      // A dense loss gradient, the broadcast ones of a spike-sum loss, and a non-contiguous one.
+      const std::vector<at::Tensor> grads = {
+          at::randn(out_sizes, fo), at::ones({1, 1, 1}, fo).expand(out_sizes),
+          at::randn({out_sizes[0], out_sizes[2], out_sizes[1]}, fo).transpose(1, 2)};
+      for (const at::Tensor& dl_ds : grads) {
+        CAPTURE(dl_ds.is_contiguous());
+        RuleOptions ro, ro_ref;
+        ro.rule = ro_ref.rule = Rule::surrogate;
+        ro.grad_clip = ro_ref.grad_clip = 0;
+        ro_ref.scan = ScanImpl::aten;
+        const Gradients gr = backward(net, fw, dl_ds, {}, ro);
+        const Gradients gref = backward(net, ref, dl_ds.contiguous(), {}, ro_ref);
+        for (std::size_t l = 0; l < net.layers.size(); ++l) {
+          CAPTURE(l);
+          CHECK(close(gr.weight[l], gref.weight[l], 1e-4, 1e-5));
+          CHECK(close(gr.bias[l], gref.bias[l], 1e-4, 1e-5));
+          CHECK(max_abs(gref.weight[l]) > 0);
+        }
       }
     }
   }
