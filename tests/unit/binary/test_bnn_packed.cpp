@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include "kvlab/binary/bnn_packed.hpp"
+#include "kvlab/core/error.hpp"
 
 using namespace kvlab;
 
@@ -13,21 +14,43 @@ at::Tensor pm1(const at::Tensor& x) { return (x >= 0).to(at::kFloat).mul(2).sub(
 
 TEST_CASE("packed binary conv equals float conv of +-1 tensors exactly") {
   at::manual_seed(3);
-  struct Case { std::int64_t n, c, h, out; int k, stride, pad; };
-  for (const Case& t : {Case{2, 3, 7, 5, 3, 1, 1}, Case{1, 64, 9, 8, 3, 2, 1},
-                        Case{2, 100, 6, 7, 3, 1, 1}, Case{1, 130, 5, 4, 1, 1, 0},
-                        Case{1, 256, 8, 3, 3, 2, 1}, Case{3, 17, 5, 2, 3, 1, 0}}) {
+  // Channel counts that are not multiples of 64, output channels that are not multiples of the
+  // 4-channel tile, rows wider than the 32-pixel tile with ragged tails, non-square images,
+  // strides 1 and 2 (AVX-512 kernel) and 3 (scalar kernel), padding 0-2, 1x1 to 5x5 kernels.
+  struct Case { std::int64_t n, c, h, w, out; int k, stride, pad; };
+  for (const Case& t : {Case{2, 3, 7, 7, 5, 3, 1, 1}, Case{1, 64, 9, 9, 8, 3, 2, 1},
+                        Case{2, 100, 6, 6, 7, 3, 1, 1}, Case{1, 130, 5, 5, 4, 1, 1, 0},
+                        Case{1, 256, 8, 8, 3, 3, 2, 1}, Case{3, 17, 5, 5, 2, 3, 1, 0},
+                        Case{1, 64, 12, 45, 6, 3, 1, 1}, Case{1, 70, 11, 70, 9, 3, 2, 1},
+                        Case{2, 40, 10, 13, 5, 5, 1, 2}, Case{1, 33, 9, 37, 3, 3, 3, 1},
+                        Case{1, 128, 7, 7, 33, 3, 1, 1}, Case{1, 64, 56, 56, 64, 3, 1, 1}}) {
     CAPTURE(t.c);
+    CAPTURE(t.w);
+    CAPTURE(t.out);
+    CAPTURE(t.k);
     CAPTURE(t.stride);
-    const at::Tensor x = pm1(at::randn({t.n, t.c, t.h, t.h}));
+    CAPTURE(t.pad);
+    const at::Tensor x = pm1(at::randn({t.n, t.c, t.h, t.w}));
     const at::Tensor w = at::randn({t.out, t.c, t.k, t.k});
     const at::Tensor ref = at::conv2d(x, pm1(w), {}, t.stride, t.pad);
     const binary::PackedWeights pw = binary::pack_weights(w);
-    const at::Tensor got =
-        binary::binary_conv2d_packed(binary::pack_activations(x), t.c, pw, t.stride, t.pad);
+    const at::Tensor got = binary::binary_conv2d_packed(binary::pack_image(x, t.pad), pw, t.stride);
     REQUIRE(got.sizes() == ref.sizes());
     CHECK(at::equal(got, ref));
   }
+}
+
+TEST_CASE("packing reads the sign of raw floats: zero and -0 count as +1") {
+  at::Tensor x = at::randn({1, 70, 5, 19});
+  x.index_put_({0, 3, 2, at::indexing::Slice()}, 0.0f);
+  x.index_put_({0, 65, 1, at::indexing::Slice()}, -0.0f);
+  const at::Tensor w = at::randn({4, 70, 3, 3});
+  const at::Tensor ref = at::conv2d(pm1(x), pm1(w), {}, 1, 1);
+  const at::Tensor got = binary::binary_conv2d_packed(binary::pack_image(x, 1), binary::pack_weights(w), 1);
+  CHECK(at::equal(got, ref));
+  CHECK_THROWS_AS(binary::binary_conv2d_packed(binary::pack_image(x.slice(1, 0, 69), 1),
+                                               binary::pack_weights(w), 1),
+                  UsageError);
 }
 
 TEST_CASE("packed binary linear equals float matmul of +-1 tensors exactly") {
