@@ -21,7 +21,8 @@ void register_bnn_train(CLI::App& app, GlobalOptions& global) {
   binary::BnnNetConfig& n = a->opt.net;
   CLI::App* cmd = app.add_subcommand(
       "bnn-train", "Train a binary neural network (XNOR/Bi-Real/ReActNet, threshold shift, "
-                   "INSTA-BNN) on IDX or CIFAR-10 data; writes a bnn-model artifact");
+                   "INSTA-BNN) on IDX or CIFAR-10 data, on --device cpu or cuda[:i]; writes a "
+                   "bnn-model artifact");
   cmd->add_option("--data", a->data, "dataset directory: IDX files (MNIST/Fashion-MNIST, .gz or "
                                      "raw) or CIFAR-10 binary batches");
   cmd->add_option("--arch", n.arch, "architecture: real, xnor, bireal, reactnet")
@@ -68,17 +69,18 @@ void register_bnn_train(CLI::App& app, GlobalOptions& global) {
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 40));
   cmd->add_option("--resume", a->resume, "resume from a checkpoint: auto or a file");
   cmd->add_flag("--keep-checkpoint", a->keep_checkpoint, "keep the checkpoint after success");
-  cmd->add_flag("--no-packed-check", a->no_packed_check, "skip the bit-packed inference check");
+  cmd->add_flag("--no-packed-check", a->no_packed_check,
+                "skip the bit-packed inference check (CPU kernels; after a --device cuda run it "
+                "moves the network to the CPU)");
   add_output_option(cmd, a->output, a->force, "bnn-model artifact to write (.h5)")->required();
 
   cmd->callback([a, &global] {
     global.action = [a, &global] {
-      KVLAB_THROW_IF(global.dev.cuda, UsageError, "--device {}: bnn-train runs on the CPU only in "
-                     "this version (see docs/bnn-train.md); use --device cpu", global.dev.str());
       core::check_output_path(a->output, {a->opt.teacher, a->data}, a->force);
       a->opt.net.binary_weights = !a->real_weights;
       a->opt.check_packed = !a->no_packed_check;
       a->opt.seed = global.seed;
+      a->opt.device = global.dev;  // cpu or cuda[:i]; the packed check always runs on the CPU
       a->opt.checkpoint = a->checkpoint.empty() ? a->output + ".checkpoint.h5" : a->checkpoint;
       if (auto r = core::resolve_resume(a->resume, a->opt.checkpoint)) a->opt.resume = r->string();
       const core::TrainTest data = core::load_image_dataset(a->data);

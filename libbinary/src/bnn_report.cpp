@@ -18,9 +18,9 @@ std::string bnn_report_text(const BnnResult& r) {
   s += fmt::format("data         {}: {} train / {} test images\n", p.dataset, p.train_images,
                    p.test_images);
   s += fmt::format("test acc     {:.2f} %   (train loss {:.4f}, train acc {:.2f} %, {} steps, "
-                   "{:.1f} s)\n",
+                   "{:.1f} s on {})\n",
                    100.0 * p.test_accuracy, p.train_loss, 100.0 * p.train_accuracy, p.steps,
-                   p.train_seconds);
+                   p.train_seconds, p.device);
   s += fmt::format("cost         BOPs {:.4g}  FLOPs {:.4g}  OPs {:.4g}  size {:.1f} KiB ({} binary "
                    "+ {} real params)\n",
                    static_cast<double>(p.bops), static_cast<double>(p.flops), p.ops,
@@ -31,7 +31,7 @@ std::string bnn_report_text(const BnnResult& r) {
     s += fmt::format("+1 fraction  {}\n", fmt::join(f, " "));
   }
   if (p.packed_checked)
-    s += fmt::format("packed       accuracy {:.2f} %, agreement with float {:.2f} %, logits {}\n",
+    s += fmt::format("packed (CPU) accuracy {:.2f} %, agreement with float {:.2f} %, logits {}\n",
                      100.0 * p.packed_accuracy, 100.0 * p.packed_agreement,
                      p.packed_logits_equal ? "bit-identical" : "differ");
   return s;
@@ -65,6 +65,7 @@ std::string bnn_report_json(const BnnResult& r) {
                       {"layers", layers},
                       {"activations", acts},
                       {"steps", p.steps},
+                      {"device", p.device},
                       {"train_seconds", p.train_seconds}};
   if (p.packed_checked) {
     j["packed_accuracy"] = p.packed_accuracy;

@@ -239,7 +239,8 @@ struct QConvImpl : nn::Module {
           pw = pack_weights(weight);
           packed_valid = true;
         }
-        y = binary_conv2d_packed(pack_activations(x), in, pw, stride, pad);
+        // CPU kernels: a CUDA input is read back (bnn-train runs the packed check on the CPU).
+        y = binary_conv2d_packed(pack_image(x, pad), pw, stride).to(x.device());
       } else if (torch::GradMode::is_enabled() && weight.requires_grad()) {
         // Forward sign(W); backward the clipped STE with ReActNet's gradient scale (dL/dW =
         // dL/d(scale * sign W) on |W| <= 1): hence the division by the detached scale.
@@ -286,7 +287,7 @@ struct QLinearImpl : nn::Module {
         pw = pack_weights(weight);
         packed_valid = true;
       }
-      y = binary_linear_packed(pack_activations(x), in, pw);
+      y = binary_linear_packed(pack_activations(x), in, pw).to(x.device());
     } else if (torch::GradMode::is_enabled() && weight.requires_grad()) {
       Tensor wc = weight.clamp(-1, 1);
       y = torch::linear(x, pm1(weight.detach()) + (wc - wc.detach()) / scale.view({-1, 1}));
@@ -470,6 +471,17 @@ core::NamedTensors state_of(Net& net) {
   return out;
 }
 
+/// state_of on the CPU (the live tensors themselves for a CPU network).
+core::NamedTensors cpu_state(Net& net) {
+  core::NamedTensors out = state_of(net);
+  for (auto& kv : out) kv.second = kv.second.to(torch::kCPU);
+  return out;
+}
+
+/// CUDA runs read the running loss and accuracy back every this many steps (each read waits for
+/// the GPU); CPU runs every step.
+constexpr std::int64_t kCudaProgressEvery = 50;
+
 struct Norm {
   std::vector<double> mean, std;
 };
@@ -481,14 +493,29 @@ Norm norm_for(const std::string& dataset, std::int64_t channels) {
           std::vector<double>(static_cast<std::size_t>(channels), 0.5)};
 }
 
-/// Accuracy (and optional logits) of `net` on uint8 images, batch by batch, in eval mode.
-Tensor logits_of(Net& net, const Tensor& images, const Norm& norm, int batch) {
+/// Per-channel normalisation as [1, C, 1, 1] float32 tensors on the training device: (x - mean)
+/// / std, the same float operations as core::to_float's normalisation.
+struct Normalizer {
+  Tensor mean, std;
+  Normalizer(const Norm& n, const torch::Device& dev) {
+    const auto c = static_cast<std::int64_t>(n.mean.size());
+    mean = torch::tensor(std::vector<float>(n.mean.begin(), n.mean.end())).view({1, c, 1, 1}).to(dev);
+    std = torch::tensor(std::vector<float>(n.std.begin(), n.std.end())).view({1, c, 1, 1}).to(dev);
+  }
+  Tensor operator()(const Tensor& x) const { return (x - mean) / std; }
+};
+
+/// Logits of `net` on uint8 images, batch by batch, in eval mode, computed on `dev` (where the
+/// net is) and returned on the CPU.
+Tensor logits_of(Net& net, const Tensor& images, const Norm& norm, int batch,
+                 const torch::Device& dev = torch::kCPU) {
   torch::NoGradGuard ng;
   net->eval();
+  const Normalizer normalize(norm, dev);
   std::vector<Tensor> outs;
   for (std::int64_t i = 0; i < images.size(0); i += batch) {
     const std::int64_t j = std::min<std::int64_t>(images.size(0), i + batch);
-    outs.push_back(net->forward(core::to_float(images.slice(0, i, j), norm.mean, norm.std)));
+    outs.push_back(net->forward(normalize(core::to_float(images.slice(0, i, j).to(dev)))).to(torch::kCPU));
   }
   return torch::cat(outs, 0);
 }
@@ -562,18 +589,66 @@ std::vector<double> split_doubles(const std::string& t) {
   return v;
 }
 
-Tensor optimizer_bytes(torch::optim::Optimizer& opt) {
-  torch::serialize::OutputArchive ar;
-  opt.save(ar);
-  std::ostringstream os;
-  ar.save_to(os);
-  const std::string s = os.str();
-  return torch::from_blob(const_cast<char*>(s.data()), {static_cast<std::int64_t>(s.size())},
-                          torch::kUInt8)
-      .clone();
+/// The key of a parameter in Optimizer::state(): LibTorch 1.x keys by the TensorImpl address as a
+/// string (c10::guts::to_string, i.e. ostream <<), 2.x by the address itself.
+template <class Map>
+typename Map::key_type state_key(const Map&, const Tensor& p) {
+  using Key = typename Map::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream os;
+    os << p.unsafeGetTensorImpl();
+    return os.str();
+  } else {
+    return static_cast<Key>(p.unsafeGetTensorImpl());
+  }
 }
 
-void load_optimizer_bytes(torch::optim::Optimizer& opt, const Tensor& bytes, const std::string& file) {
+/// Adam's state as named CPU tensors ("<param>.step", ".exp_avg", ".exp_avg_sq"), so that a
+/// checkpoint written on one device resumes on the other.
+core::NamedTensors adam_state(torch::optim::Adam& adam, Net& net) {
+  core::NamedTensors out;
+  auto& st = adam.state();
+  for (const auto& p : net->named_parameters()) {
+    auto it = st.find(state_key(st, p.value()));
+    if (it == st.end()) continue;
+    const auto& s = static_cast<const torch::optim::AdamParamState&>(*it->second);
+    out.emplace_back(p.key() + ".step", torch::tensor({static_cast<std::int64_t>(s.step())}, torch::kLong));
+    out.emplace_back(p.key() + ".exp_avg", s.exp_avg().detach().to(torch::kCPU));
+    out.emplace_back(p.key() + ".exp_avg_sq", s.exp_avg_sq().detach().to(torch::kCPU));
+  }
+  return out;
+}
+
+void load_adam_state(torch::optim::Adam& adam, Net& net, const core::NamedTensors& saved,
+                     const std::string& file) {
+  std::map<std::string, Tensor> by_name(saved.begin(), saved.end());
+  auto& st = adam.state();
+  std::size_t used = 0;
+  for (const auto& p : net->named_parameters()) {
+    const std::string& k = p.key();
+    if (!by_name.count(k + ".step")) continue;
+    KVLAB_THROW_IF(!by_name.count(k + ".exp_avg") || !by_name.count(k + ".exp_avg_sq"), FormatError,
+                   "{}: optimizer state of {} is incomplete; start without --resume", file, k);
+    const Tensor& m = by_name.at(k + ".exp_avg");
+    const Tensor& v = by_name.at(k + ".exp_avg_sq");
+    KVLAB_THROW_IF(m.sizes() != p.value().sizes() || v.sizes() != p.value().sizes(), FormatError,
+                   "{}: optimizer state of {} has the wrong shape; start without --resume", file, k);
+    auto ps = std::make_unique<torch::optim::AdamParamState>();
+    ps->step(by_name.at(k + ".step").to(torch::kCPU).view({-1})[0].item<std::int64_t>());
+    ps->exp_avg(m.to(p.value().device(), p.value().scalar_type()).clone());
+    ps->exp_avg_sq(v.to(p.value().device(), p.value().scalar_type()).clone());
+    st[state_key(st, p.value())] = std::move(ps);
+    used += 3;
+  }
+  KVLAB_THROW_IF(used != saved.size(), FormatError,
+                 "{}: the optimizer state names parameters this network does not have; start "
+                 "without --resume",
+                 file);
+}
+
+/// Checkpoints written before the optimizer state was stored by name: one "adam" entry holding a
+/// torch::serialize archive of CPU tensors.
+void load_optimizer_archive(torch::optim::Optimizer& opt, const Tensor& bytes, const std::string& file) {
   try {
     const Tensor b = bytes.contiguous();
     std::istringstream is(std::string(reinterpret_cast<const char*>(b.data_ptr<std::uint8_t>()),
@@ -621,7 +696,14 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
   rep.train_images = train.size();
   rep.test_images = test.size();
 
+  // Built (and initialised from LibTorch's CPU generator) on the CPU, then moved: a CUDA run
+  // starts from the same weights as a CPU run with the same seed.
+  const torch::Device dev = opt.device.cuda
+                                ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(opt.device.index))
+                                : torch::Device(torch::kCPU);
+  rep.device = opt.device.str();
   Net net(opt.net);
+  net->to(dev);
 
   // Teacher for distillation (ReActNet's DistributionLoss: soft cross-entropy, no label term).
   Net teacher{nullptr};
@@ -637,6 +719,7 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
     teacher = Net(t.net);
     set_binary_weights(teacher, t.net.binary_weights);
     core::load_named_tensors(t.weights, state_of(teacher), opt.teacher);
+    teacher->to(dev);
     teacher->eval();
   }
 
@@ -707,7 +790,12 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
     torch::optim::Adam adam(net->parameters(),
                             torch::optim::AdamOptions(opt.lr).weight_decay(st.wd));
     const bool restore_opt = resumed && si == stage0 && !ck.optimizer.empty();
-    if (restore_opt) load_optimizer_bytes(adam, ck.optimizer.front().second, opt.resume);
+    if (restore_opt) {
+      if (ck.optimizer.size() == 1 && ck.optimizer.front().first == "adam")  // older checkpoints
+        load_optimizer_archive(adam, ck.optimizer.front().second, opt.resume);
+      else
+        load_adam_state(adam, net, ck.optimizer, opt.resume);
+    }
 
     auto save = [&](int epoch, std::int64_t batch) {
       core::Checkpoint c;
@@ -718,7 +806,7 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
       c.step_in_epoch = batch;
       c.options_json = ojson.dump();
       c.model = state_of(net);
-      c.optimizer = {{"adam", optimizer_bytes(adam)}};
+      c.optimizer = adam_state(adam, net);
       c.torch_rng = core::torch_rng_state();
       std::ostringstream rs;
       rs << aug_rng;
@@ -742,22 +830,27 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
       std::shuffle(perm.begin(), perm.end(), order);
       const Tensor perm_t = torch::from_blob(perm.data(), {n}, torch::kLong);
 
+      const Normalizer normalize(norm, dev);
       net->train();
       progress.begin(fmt::format("epoch {}/{}{}", e + 1, opt.epochs,
                                  st.name.empty() ? "" : " (" + st.name + ")"),
                      nbatches, "batch");
+      // Running sums stay on the device: on CUDA they are read back (a synchronisation) every
+      // kCudaProgressEvery steps, at the end of the epoch and on a stop; on the CPU every step.
+      const auto dopt = torch::TensorOptions().device(dev);
+      Tensor loss_acc = torch::zeros({}, dopt.dtype(torch::kDouble));
+      Tensor correct_acc = torch::zeros({}, dopt.dtype(torch::kLong));
       double loss_sum = 0.0;
       std::int64_t correct = 0, seen = 0;
       const std::int64_t b_start = (si == stage0 && e == e_start) ? batch0 : 0;
       for (std::int64_t b = b_start; b < nbatches; ++b) {
         const std::int64_t lo = b * opt.batch_size, hi = std::min(n, lo + opt.batch_size);
         const Tensor idx = perm_t.slice(0, lo, hi);
+        // Batches are assembled (and augmented, from the seeded aug_rng) on the CPU, then moved.
         Tensor x = core::to_float(train_images.index_select(0, idx));
         if (augment) x = core::augment_crop_flip(x, 4, aug_rng);
-        const auto c = x.size(1);
-        x = (x - torch::tensor(std::vector<float>(norm.mean.begin(), norm.mean.end())).view({1, c, 1, 1})) /
-            torch::tensor(std::vector<float>(norm.std.begin(), norm.std.end())).view({1, c, 1, 1});
-        const Tensor y = train_labels.index_select(0, idx);
+        x = normalize(x.to(dev));
+        const Tensor y = train_labels.index_select(0, idx).to(dev);
         const Tensor logits = net->forward(x);
         Tensor loss;
         if (teacher) {
@@ -775,19 +868,27 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
         adam.step();
         ++rep.steps;
         const std::int64_t bs = hi - lo;
-        loss_sum += loss.item<double>() * static_cast<double>(bs);
-        correct += logits.detach().argmax(1).eq(y).sum().item<std::int64_t>();
+        loss_acc += loss.detach().to(torch::kDouble) * static_cast<double>(bs);
+        correct_acc += logits.detach().argmax(1).eq(y).sum();
         seen += bs;
-        progress.update(b + 1 - b_start, {{"loss", loss_sum / seen},
-                                          {"acc", static_cast<double>(correct) / seen}});
+        auto read_sums = [&] {
+          loss_sum = loss_acc.item<double>();
+          correct = correct_acc.item<std::int64_t>();
+        };
+        if (!dev.is_cuda() || b + 1 == nbatches || (b + 1 - b_start) % kCudaProgressEvery == 0) {
+          read_sums();
+          progress.update(b + 1 - b_start, {{"loss", loss_sum / seen},
+                                            {"acc", static_cast<double>(correct) / seen}});
+        }
         const bool stop = progress.stop_requested();
+        if (stop) read_sums();
         if (!opt.checkpoint.empty() &&
             (stop || (opt.checkpoint_every > 0 && rep.steps % opt.checkpoint_every == 0)))
           save(e, b + 1);
         if (stop) {
           progress.end({{"loss", loss_sum / seen}});
           rep.stopped = true;
-          res.weights = state_of(net);
+          res.weights = cpu_state(net);
           rep.train_seconds =
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           return res;
@@ -795,7 +896,7 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
       }
       rep.train_loss = seen ? loss_sum / seen : 0.0;
       rep.train_accuracy = seen ? static_cast<double>(correct) / seen : 0.0;
-      const double test_acc = accuracy(logits_of(net, test.images, norm, 500), test.labels);
+      const double test_acc = accuracy(logits_of(net, test.images, norm, 500, dev), test.labels);
       rep.epoch_loss.push_back(rep.train_loss);
       rep.epoch_train_accuracy.push_back(rep.train_accuracy);
       rep.epoch_test_accuracy.push_back(test_acc);
@@ -808,7 +909,7 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
 
   // Final evaluation with the +1 fraction per binary activation.
   set_record(net, true);
-  const Tensor logits = logits_of(net, test.images, norm, 500);
+  const Tensor logits = logits_of(net, test.images, norm, 500, dev);
   rep.test_accuracy = accuracy(logits, test.labels);
   for_modules(net, [&](const std::string& name, const std::shared_ptr<nn::Module>& m) {
     if (auto* a = dynamic_cast<BinActImpl*>(m.get())) {
@@ -820,18 +921,26 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
   set_record(net, false);
   fill_costs(net, rep);
 
-  // The deployment path: the same network with every binary layer on the packed kernels.
+  // The deployment path: the same network with every binary layer on the packed kernels. They
+  // are CPU code: a network trained on CUDA is moved to the CPU, and the packed logits are
+  // compared with the float-simulated network's logits computed there (CUDA's float logits
+  // differ from the CPU's in rounding).
   if (opt.check_packed && rep.bops > 0) {
+    Tensor flog = logits;
+    if (dev.is_cuda()) {
+      net->to(torch::kCPU);
+      flog = logits_of(net, test.images, norm, 500);
+    }
     set_packed(net, true);
     const Tensor plog = logits_of(net, test.images, norm, 500);
     set_packed(net, false);
     rep.packed_checked = true;
     rep.packed_accuracy = accuracy(plog, test.labels);
     rep.packed_agreement =
-        plog.argmax(1).eq(logits.argmax(1)).to(torch::kDouble).mean().item<double>();
-    rep.packed_logits_equal = torch::equal(plog, logits);
+        plog.argmax(1).eq(flog.argmax(1)).to(torch::kDouble).mean().item<double>();
+    rep.packed_logits_equal = torch::equal(plog, flog);
   }
-  res.weights = state_of(net);
+  res.weights = cpu_state(net);
   rep.train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return res;
 }

@@ -21,6 +21,7 @@
 #include "kvlab/core/checkpoint.hpp"
 #include "kvlab/core/datasets.hpp"
 #include "kvlab/core/progress.hpp"
+#include "kvlab/core/runtime.hpp"
 
 namespace kvlab::binary {
 
@@ -80,8 +81,11 @@ struct BnnOptions {
   std::string checkpoint;     ///< checkpoint file ("" : no periodic checkpoints)
   std::int64_t checkpoint_every = 0;  ///< steps between checkpoints (0: at each epoch end)
   std::string resume;         ///< checkpoint to resume from ("" : fresh start)
-  bool check_packed = true;   ///< run the bit-packed path on the test set and compare
+  bool check_packed = true;   ///< run the bit-packed path on the test set and compare (on the CPU)
   std::uint64_t seed = 0;
+  /// Where training and evaluation run. The network is built on the CPU (so a seed gives the same
+  /// initial weights on every device) and moved; batches are assembled on the CPU and moved.
+  core::DeviceSpec device;
 };
 
 struct BnnLayerReport {
@@ -106,10 +110,13 @@ struct BnnReport {
   std::vector<std::string> act_names;       ///< binary activation modules, in forward order
   std::vector<double> act_plus_fraction;    ///< fraction of +1 outputs on the test set
   std::vector<double> act_threshold_mean;   ///< mean threshold used (shift, alpha, INSTA)
+  /// The bit-packed path (CPU kernels) vs the float-simulated network, both on the CPU: a
+  /// CUDA-trained network is moved to the CPU for this check.
   bool packed_checked = false;
-  double packed_accuracy = 0.0, packed_agreement = 0.0;  ///< bit-packed path vs float path
+  double packed_accuracy = 0.0, packed_agreement = 0.0;
   bool packed_logits_equal = false;
   double train_seconds = 0.0;
+  std::string device = "cpu";  ///< where it trained ("cpu", "cuda:0")
   std::int64_t steps = 0;
   bool stopped = false;          ///< stopped by SIGTERM/SIGUSR1 (a checkpoint was written)
   std::string checkpoint_written;
@@ -144,7 +151,7 @@ struct BnnModelFile {
 };
 BnnModelFile read_bnn_model(const std::filesystem::path& path);
 
-/// Predictions of a network on uint8 images [N, C, H, W] (normalised like training):
+/// Predictions of a network on uint8 images [N, C, H, W] (normalised like training), on the CPU:
 /// logits [N, classes]. packed = true runs binary layers through the XNOR-popcount kernels.
 at::Tensor bnn_logits(const BnnNetConfig& net, const core::NamedTensors& weights,
                       const std::string& dataset, const at::Tensor& images, bool packed,
