@@ -9,7 +9,12 @@
 # BLAS unless an optimised one is installed (5.7 vs ~96 GFLOP/s for a 1024^2 sgemm on 2 cores).
 # libopenblas0-openmp registers itself as the libblas.so.3 alternative; `kvlab selfcheck` reports
 # which BLAS is in use and its GFLOP/s.
+#
+# Also creates .venv-ci/ in the repository (git-ignored; KVLAB_CI_VENV overrides the path): a
+# Python venv with onnxruntime + numpy from PyPI, for the mobile-plan ONNX round-trip test
+# (tests/cli/test_mobile_onnx_roundtrip.sh). kvlab itself never needs it.
 set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
 
 with_torch=1
 for a in "$@"; do
@@ -31,10 +36,12 @@ pkgs=(
   libcli11-dev libfmt-dev zlib1g-dev libeigen3-dev libhdf5-dev hdf5-tools doctest-dev nlohmann-json3-dev
   libpcre2-dev libicu-dev
   libopenblas0-openmp
-  python3 python3-numpy python3-h5py
+  python3 python3-numpy python3-h5py python3-matplotlib python3-venv
   dataset-fashion-mnist bible-kjv-text bible-kjv
 )
-[ "$with_torch" = 1 ] && pkgs+=(libtorch-dev)
+# libonnx-dev: the onnx::checker test of mobile-plan's export (built only where CMake finds ONNX;
+# with Debian's LibTorch, which shares its libprotobuf).
+[ "$with_torch" = 1 ] && pkgs+=(libtorch-dev libonnx-dev libprotobuf-dev)
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -60,5 +67,20 @@ if [ -e "$ob" ]; then
     $SUDO update-alternatives --set "libblas.so.3-$arch" "$ob" >/dev/null
     $SUDO update-alternatives --set "liblapack.so.3-$arch" "/usr/lib/$arch/openblas-openmp/liblapack.so.3" >/dev/null 2>&1 || true
   fi
+fi
+
+# The ONNX round-trip test's venv (onnxruntime's wheels bundle the runtime; numpy comes with it).
+# Debian's python3 (python3-venv above), not whatever python3 is first on PATH.
+venv="${KVLAB_CI_VENV:-$root/.venv-ci}"
+py=/usr/bin/python3
+[ -x "$py" ] || py=python3
+if "$venv/bin/python" -c 'import onnxruntime, numpy' 2>/dev/null; then
+  echo "install-deps.sh: $venv has onnxruntime" >&2
+else
+  echo "install-deps.sh: creating $venv (onnxruntime, numpy from PyPI)" >&2
+  rm -rf "$venv"
+  "$py" -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir \
+    "onnxruntime>=1.16,<2" "numpy>=1.24,<3"
 fi
 echo "install-deps.sh: done" >&2

@@ -14,8 +14,20 @@
            and compares with the unrewritten models' outputs. Writes
            tests/data/mobile/onnx-roundtrip.json (the max differences).
 
+  checkpoint
+           the committed round-trip pipeline tests/data/mobile/roundtrip/ (run by hand; CI only
+           reads it): a micro diffusers pipeline (the tiny configs with narrower UNet and VAE)
+           with random weights, saved by diffusers/transformers save_pretrained as a real
+           pipeline directory: {text_encoder,unet,vae}/config.json + model.safetensors (BF16) /
+           diffusion_pytorch_model.safetensors (UNet F16, VAE F32), and reference.npz: fixed
+           inputs and the models' own outputs on them, computed in fp32 from the weights as stored
+           ("<c>.out" with the models' erf GELU, "<c>.out_tanh" with GELU(approximate='tanh')).
+           scripts/check-onnx-roundtrip.py (onnxruntime + numpy, in CI) compares
+           `kvlab mobile-plan export --weights` with it.
+
 Usage: /tmp/venv-mobile/bin/python scripts/make-golden-diffusion.py params
        /tmp/venv-mobile/bin/python scripts/make-golden-diffusion.py onnx build/bin/kvlab
+       /tmp/venv-mobile/bin/python scripts/make-golden-diffusion.py checkpoint
 (the venv: python3 -m venv /tmp/venv-mobile, a .pth pointing at a torch+transformers venv,
  pip install diffusers onnxruntime onnx)
 """
@@ -182,9 +194,96 @@ def onnx_roundtrip(kvlab):
     (OUT / "onnx-roundtrip.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
+def set_gelu_tanh(comp, model):
+    """Switches a model's GELUs to GELU(approximate='tanh'), the form mobile-plan's export uses
+    (its z is clamped to +-5, which changes nothing at fp32 for these inputs)."""
+    import torch
+    for m in model.modules():
+        if m.__class__.__name__ == "GEGLU":
+            m.gelu = lambda g: torch.nn.functional.gelu(g, approximate="tanh")
+    if comp == "text_encoder":
+        import transformers.activations as A
+        for layer in (model.text_model if hasattr(model, "text_model") else model).encoder.layers:
+            if isinstance(layer.mlp.activation_fn, A.GELUActivation):
+                layer.mlp.activation_fn = A.NewGELUActivation()
+
+
+def checkpoint():
+    """The micro round-trip pipeline with weights, and the reference outputs (see the doc string)."""
+    import shutil
+    import diffusers
+    import numpy as np
+    import torch
+    import transformers
+    out = OUT / "roundtrip"
+    tiny = DATA / "tiny"
+    te_cfg = json.loads((tiny / "text_encoder" / "config.json").read_text())
+    unet_cfg = json.loads((tiny / "unet" / "config.json").read_text())
+    vae_cfg = json.loads((tiny / "vae" / "config.json").read_text())
+    # Narrower than data/diffusion/tiny so that the three checkpoints stay near 1 MB.
+    unet_cfg.update(block_out_channels=[16, 32], attention_head_dim=[2, 4], norm_num_groups=8)
+    vae_cfg.update(block_out_channels=[16, 16], norm_num_groups=8)
+    torch.manual_seed(0)
+    te = transformers.CLIPTextModel(transformers.CLIPTextConfig(**te_cfg))
+    unet = diffusers.UNet2DConditionModel.from_config(unet_cfg)
+    vae = diffusers.AutoencoderKL.from_config(vae_cfg)
+    # Random values for every parameter, norm affines included (their defaults, 1 and 0, would
+    # not show a misplaced affine).
+    with torch.no_grad():
+        for model in (te, unet, vae):
+            for name, p in model.named_parameters():
+                if "norm" in name and name.endswith(".weight") and p.ndim == 1:
+                    p.copy_(1 + 0.2 * torch.randn_like(p))
+                elif p.ndim == 1:
+                    p.copy_(0.2 * torch.randn_like(p))
+                else:
+                    fan_in = p[0].numel()
+                    p.copy_(torch.randn_like(p) / fan_in ** 0.5)
+    if out.exists():
+        shutil.rmtree(out)
+    te.to(torch.bfloat16).save_pretrained(out / "text_encoder", safe_serialization=True)
+    unet.to(torch.float16).save_pretrained(out / "unet", safe_serialization=True)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    # Reload as stored (rounded to BF16/F16), in fp32, and compute the references.
+    te = transformers.CLIPTextModel.from_pretrained(out / "text_encoder", dtype=torch.float32).eval()
+    unet = diffusers.UNet2DConditionModel.from_pretrained(out / "unet", torch_dtype=torch.float32).eval()
+    vae = diffusers.AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(1)
+    t_len = te.config.max_position_embeddings
+    ids = torch.randint(0, te.config.vocab_size, (1, t_len), generator=g)
+    lat = unet.config.sample_size
+    sample = torch.randn(1, unet.config.in_channels, lat, lat, generator=g)
+    ctx = torch.randn(1, t_len, te.config.hidden_size, generator=g)
+    t = torch.tensor([500])
+    z = torch.randn(1, vae.config.latent_channels, lat, lat, generator=g)
+    ref = {"text_encoder.input_ids": ids.numpy().astype(np.int64),
+           "unet.sample": sample.numpy(), "unet.encoder_hidden_states": ctx.numpy(),
+           "unet.time_proj": unet.time_proj(t).numpy(), "vae_decoder.latent": z.numpy()}
+    runs = {"text_encoder": (te, lambda m: m(ids).last_hidden_state),
+            "unet": (unet, lambda m: m(sample, t, encoder_hidden_states=ctx).sample),
+            "vae_decoder": (vae, lambda m: m.decode(z).sample)}
+    with torch.no_grad():
+        for comp, (model, fn) in runs.items():
+            ref[comp + ".out"] = fn(model).numpy()
+            set_gelu_tanh(comp, model)
+            ref[comp + ".out_tanh"] = fn(model).numpy()
+            print(comp, "max |out|", float(np.abs(ref[comp + ".out"]).max()),
+                  "erf vs tanh", float(np.abs(ref[comp + ".out"] - ref[comp + ".out_tanh"]).max()))
+    np.savez_compressed(out / "reference.npz", **{k: v.astype(np.float32) if v.dtype == np.float64 else v
+                                                  for k, v in ref.items()})
+    (out / "made-by.json").write_text(json.dumps({
+        "made_by": "scripts/make-golden-diffusion.py checkpoint", "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__, "torch": torch.__version__,
+        "dtypes": {"text_encoder": "BF16", "unet": "F16", "vae": "F32"},
+        "params": {"text_encoder": count(te), "unet": count(unet), "vae_total": count(vae),
+                   "vae_decoder": count(vae.decoder) + count(vae.post_quant_conv)}}, indent=1) + "\n")
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({total} bytes)")
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "params"
     if cmd == "onnx":
         onnx_roundtrip(sys.argv[2])
     else:
-        {"params": params}[cmd]()
+        {"params": params, "checkpoint": checkpoint}[cmd]()

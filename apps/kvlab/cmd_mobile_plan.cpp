@@ -7,6 +7,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
@@ -19,6 +21,7 @@
 #include "kvlab/pim/mobile_graph.hpp"
 #include "kvlab/pim/mobile_onnx.hpp"
 #include "kvlab/pim/mobile_plan.hpp"
+#include "kvlab/pim/mobile_weights.hpp"
 
 namespace kvlab::cli {
 
@@ -332,6 +335,7 @@ void register_export(CLI::App* parent, GlobalOptions& global) {
     std::string target = "tflite-gpu";
     pim::DelegateOptions rewrite;
     pim::ChunkOptions chunk;
+    std::string weights;
     std::string output;
     bool force = false;
   };
@@ -339,8 +343,9 @@ void register_export(CLI::App* parent, GlobalOptions& global) {
   a->chunk.wbits = 16;
   CLI::App* cmd = parent->add_subcommand(
       "export",
-      "write the rewritten, chunked graph as ONNX models (one per chunk, fp32, random weights "
-      "from --seed named after the diffusers parameters) plus manifest.json, into a directory");
+      "write the rewritten, chunked graph as ONNX models (one per chunk, fp32; weights from a "
+      "diffusers safetensors checkpoint with --weights, else random from --seed; initializers "
+      "named after the diffusers parameters) plus manifest.json, into a directory");
   add_model_options(cmd, a->m);
   add_profile_dir(cmd, a->m);
   cmd->add_option("--component", a->component, "component: all, text_encoder, unet, vae_decoder")
@@ -361,6 +366,12 @@ void register_export(CLI::App* parent, GlobalOptions& global) {
   cmd->add_option("--chunks", a->chunk.chunks, "dp: exactly this many chunks (0: fewest boundary bytes)")
       ->check(CLI::Range(0, 64))
       ->capture_default_str();
+  cmd->add_option("--weights",
+                  a->weights,
+                  "diffusers safetensors weights: a pipeline directory (text_encoder/, unet/, vae/ "
+                  "each holding model.safetensors or diffusion_pytorch_model.safetensors, F32/F16/"
+                  "BF16, sharded or not), or with one --component its directory or file; every "
+                  "missing, extra or mis-shaped tensor exits 3 (default: random weights from --seed)");
   add_output_option(cmd, a->output, a->force, "output directory (ONNX chunks + manifest.json)")
       ->required();
   cmd->callback([a, &global] {
@@ -373,9 +384,29 @@ void register_export(CLI::App* parent, GlobalOptions& global) {
                      "{} already exists; pass --force to replace it",
                      a->output);
       std::vector<std::pair<std::string, std::vector<pim::OnnxChunk>>> out;
-      pim::OnnxExportOptions eo;
-      eo.seed = global.seed;
-      for (const auto* c : pick(g, a->component)) {
+      std::map<std::string, std::string> sources;
+      const auto comps = pick(g, a->component);
+      // Every checkpoint is located and checked before anything is exported.
+      std::vector<std::optional<pim::ComponentWeights>> weights(comps.size());
+      if (!a->weights.empty())
+        for (std::size_t i = 0; i < comps.size(); ++i) {
+          const auto file = pim::find_component_checkpoint(a->weights, comps[i]->component,
+                                                           a->component != "all");
+          weights[i] = pim::ComponentWeights::open(file, comps[i]->component,
+                                                   pim::component_params(comps[i]->net));
+          log::info("{}: weights from {}{}", comps[i]->component, weights[i]->source(),
+                    weights[i]->ignored() ? fmt::format(" ({} tensor(s) not used by the graph, "
+                                                        "e.g. the VAE encoder)",
+                                                        weights[i]->ignored())
+                                          : std::string());
+        }
+      for (std::size_t i = 0; i < comps.size(); ++i) {
+        const auto* c = comps[i];
+        pim::OnnxExportOptions eo;
+        eo.seed = global.seed;
+        eo.weights = weights[i] ? &*weights[i] : nullptr;
+        sources[c->component] =
+            weights[i] ? weights[i]->source() : fmt::format("random (seed {})", global.seed);
         pim::RewriteStats st;
         const auto net = pim::rewrite_for_target(c->net, target, a->rewrite, st);
         const auto plan = pim::chunk_net(net, a->chunk);
@@ -384,7 +415,7 @@ void register_export(CLI::App* parent, GlobalOptions& global) {
         for (const auto& ch : out.back().second) fmt::print(" {} ({} nodes)", ch.file, ch.nodes);
         fmt::print("\n");
       }
-      pim::write_onnx_dir(a->output, out, a->force);
+      pim::write_onnx_dir(a->output, out, a->force, sources);
       log::info("wrote {}", a->output);
     };
   });

@@ -112,6 +112,7 @@ Pb value_info(const std::string& name, int elem, const std::vector<std::int64_t>
 
 struct Builder {
   std::uint64_t seed = 0;
+  const ComponentWeights* weights = nullptr;
   std::vector<Pb> nodes, inits;
   std::set<std::string> init_names;
   std::int64_t weight_elems = 0;
@@ -199,14 +200,15 @@ void lower(Builder& b, const NetDesc& net, int idx) {
       if (!l.attrs.count("params")) return;  // a graph input: declared by the caller
       const std::int64_t rows = std::stoll(l.attrs.at("params")) / l.shape[1];
       const std::string table = src_of(l) + ".weight";
-      b.init_f32(table, {rows, l.shape[1]}, b.random(table, rows * l.shape[1], 0.5f), true);
+      b.init_f32(table, {rows, l.shape[1]},
+                 b.weights ? b.weights->read(table) : b.random(table, rows * l.shape[1], 0.5f), true);
       if (l.name.find("token_embedding") != std::string::npos) {
         b.node("Gather", {table, "input_ids"}, {y});
       } else {
         std::vector<std::int64_t> ids(static_cast<std::size_t>(l.shape[0]));
         for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int64_t>(i);
         const std::string pid = "const/position_ids";
-        b.init_i64(pid, {l.shape[0]}, ids);
+        b.init_i64(pid, {1, l.shape[0]}, ids);  // [1, T]: the gather gives [1, T, d] like the tokens
         b.node("Gather", {table, pid}, {y});
       }
       return;
@@ -216,10 +218,13 @@ void lower(Builder& b, const NetDesc& net, int idx) {
       const std::int64_t fan_in = l.in_channels / l.groups * l.kernel_h * l.kernel_w;
       const float a = 1.0f / std::sqrt(static_cast<float>(fan_in));
       b.init_f32(s + ".weight", {l.out_channels, l.in_channels / l.groups, l.kernel_h, l.kernel_w},
-                 b.random(s + ".weight", l.weight_count(), a), true);
+                 b.weights ? b.weights->read(s + ".weight") : b.random(s + ".weight", l.weight_count(), a),
+                 true);
       std::vector<std::string> in = {x[0], s + ".weight"};
       if (l.bias) {
-        b.init_f32(s + ".bias", {l.out_channels}, b.random(s + ".bias", l.out_channels, a), true);
+        b.init_f32(s + ".bias", {l.out_channels},
+                   b.weights ? b.weights->read(s + ".bias") : b.random(s + ".bias", l.out_channels, a),
+                   true);
         in.push_back(s + ".bias");
       }
       b.node("Conv", in, {y},
@@ -234,15 +239,33 @@ void lower(Builder& b, const NetDesc& net, int idx) {
       // a GEGLU half is "<proj>.value" / "<proj>.gate" (rows [a, b) of the fused projection).
       const std::string s = l.attrs.count("split") ? l.name : src_of(l);
       const float a = 1.0f / std::sqrt(static_cast<float>(l.in_channels));
-      b.init_f32(s + ".weight_t", {l.in_channels, l.out_channels},
-                 b.random(s + ".weight_t", l.weight_count(), a), true);
+      std::int64_t row0 = 0;  // first row of this fc in the (fused) torch weight
+      if (l.attrs.count("split")) row0 = std::stoll(l.attrs.at("split"));
+      std::vector<float> w, bias;
+      if (b.weights) {
+        // torch Linear [rows, in] -> rows [row0, row0 + out) transposed to [in, out].
+        const auto full = b.weights->read(src_of(l) + ".weight");
+        const std::int64_t in = l.in_channels, out = l.out_channels;
+        w.resize(static_cast<std::size_t>(in * out));
+        for (std::int64_t r = 0; r < out; ++r)
+          for (std::int64_t i = 0; i < in; ++i)
+            w[static_cast<std::size_t>(i * out + r)] = full[static_cast<std::size_t>((row0 + r) * in + i)];
+        if (l.bias) {
+          const auto fb = b.weights->read(src_of(l) + ".bias");
+          bias.assign(fb.begin() + row0, fb.begin() + row0 + out);
+        }
+      } else {
+        w = b.random(s + ".weight_t", l.weight_count(), a);
+        if (l.bias) bias = b.random(s + ".bias", l.out_channels, a);
+      }
+      b.init_f32(s + ".weight_t", {l.in_channels, l.out_channels}, w, true);
       if (!l.bias) {
         b.node("MatMul", {x[0], s + ".weight_t"}, {y});
         return;
       }
       const std::string mm = b.tmp(y);
       b.node("MatMul", {x[0], s + ".weight_t"}, {mm});
-      b.init_f32(s + ".bias", {l.out_channels}, b.random(s + ".bias", l.out_channels, a), true);
+      b.init_f32(s + ".bias", {l.out_channels}, bias, true);
       b.node("Add", {mm, s + ".bias"}, {y});
       return;
     }
@@ -292,8 +315,10 @@ void lower(Builder& b, const NetDesc& net, int idx) {
       const float eps = std::stof(l.attrs.at("eps"));
       if (l.fn == "layer") {
         const std::int64_t c = l.shape.back();
-        b.init_f32(s + ".weight", {c}, b.random(s + ".weight", c, 0.1f, 1.0f), true);
-        b.init_f32(s + ".bias", {c}, b.random(s + ".bias", c, 0.1f), true);
+        b.init_f32(s + ".weight", {c},
+                   b.weights ? b.weights->read(s + ".weight") : b.random(s + ".weight", c, 0.1f, 1.0f), true);
+        b.init_f32(s + ".bias", {c}, b.weights ? b.weights->read(s + ".bias") : b.random(s + ".bias", c, 0.1f),
+                   true);
         b.node("LayerNormalization", {x[0], s + ".weight", s + ".bias"}, {y},
                {attr_int("axis", -1), attr_float("epsilon", eps)});
         return;
@@ -313,8 +338,12 @@ void lower(Builder& b, const NetDesc& net, int idx) {
       const std::string n = b.tmp(y), m = b.tmp(y);
       b.node("LayerNormalization", {x[0], ones, zeros}, {n},
              {attr_int("axis", 2), attr_float("epsilon", eps)});
-      b.init_f32(s + ".weight", {g, cg, 1}, b.random(s + ".weight", g * cg, 0.1f, 1.0f), true);
-      b.init_f32(s + ".bias", {g, cg, 1}, b.random(s + ".bias", g * cg, 0.1f), true);
+      // torch's [C] affine is [G, C/G, 1] in the same memory order.
+      b.init_f32(s + ".weight", {g, cg, 1},
+                 b.weights ? b.weights->read(s + ".weight") : b.random(s + ".weight", g * cg, 0.1f, 1.0f),
+                 true);
+      b.init_f32(s + ".bias", {g, cg, 1},
+                 b.weights ? b.weights->read(s + ".bias") : b.random(s + ".bias", g * cg, 0.1f), true);
       b.node("Mul", {n, s + ".weight"}, {m});
       b.node("Add", {m, s + ".bias"}, {y});
       return;
@@ -427,6 +456,7 @@ std::vector<OnnxChunk> export_onnx(const NetDesc& net,
     const Chunk& c = plan.chunks[k];
     Builder b;
     b.seed = opt.seed;
+    b.weights = opt.weights;
     OnnxChunk oc;
     oc.file = fmt::format("{}.chunk{}.onnx", component, k);
     Pb graph;
@@ -482,7 +512,8 @@ std::vector<OnnxChunk> export_onnx(const NetDesc& net,
 
 void write_onnx_dir(const std::filesystem::path& dir,
                     const std::vector<std::pair<std::string, std::vector<OnnxChunk>>>& components,
-                    bool force) {
+                    bool force,
+                    const std::map<std::string, std::string>& weights) {
   namespace fs = std::filesystem;
   KVLAB_THROW_IF(fs::exists(dir) && !force,
                  UsageError,
@@ -509,6 +540,7 @@ void write_onnx_dir(const std::filesystem::path& dir,
     comps[name] = cs;
   }
   manifest["components"] = comps;
+  if (!weights.empty()) manifest["weights"] = weights;
   {
     std::ofstream f(tmp / "manifest.json");
     f << manifest.dump(1) << "\n";

@@ -1,21 +1,26 @@
 // mobile-plan export: the rewritten, chunked component graph as ONNX models (one per chunk),
 // written as protobuf wire format directly (ModelProto/GraphProto/NodeProto/TensorProto subset,
 // opset 17, fp32 weights), plus a manifest JSON listing each chunk's inputs and outputs in run
-// order. Initializers are named after the diffusers/transformers parameters they hold.
+// order. Initializers are named after the diffusers/transformers parameters they hold; their
+// values come from a safetensors checkpoint (mobile_weights.hpp) or are seeded random.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "kvlab/core/netdesc.hpp"
 #include "kvlab/pim/mobile_chunk.hpp"
+#include "kvlab/pim/mobile_weights.hpp"
 
 namespace kvlab::pim {
 
 struct OnnxExportOptions {
   std::uint64_t seed = 0;  ///< random weights: deterministic per parameter name and seed
+  /// Weights from a checkpoint (opened against component_params of the same net); null: random.
+  const ComponentWeights* weights = nullptr;
 };
 
 struct OnnxChunk {
@@ -34,9 +39,11 @@ std::vector<OnnxChunk> export_onnx(const core::NetDesc& net,
                                    const OnnxExportOptions& opt);
 
 /// Writes the chunks and manifest.json into `dir` atomically (a sibling temp directory renamed
-/// over `dir`); `dir` must not exist unless `force`.
+/// over `dir`); `dir` must not exist unless `force`. `weights` (component -> where its weights
+/// came from: a checkpoint path or "random (seed N)") is recorded in the manifest.
 void write_onnx_dir(const std::filesystem::path& dir,
                     const std::vector<std::pair<std::string, std::vector<OnnxChunk>>>& components,
-                    bool force);
+                    bool force,
+                    const std::map<std::string, std::string>& weights = {});
 
 }  // namespace kvlab::pim
