@@ -56,10 +56,24 @@ void register_prune_blocks(CLI::App& app, GlobalOptions& global) {
       ->check(CLI::Range(0, 1 << 20))->capture_default_str();
   cmd->add_option("--search", args->prune.search,
                   "cached: reuse the hidden states before each candidate (same picks, fewer "
-                  "block forwards); plain: SLEB's full recomputation")
+                  "block forwards); batched: cached, with a round's candidates run together "
+                  "block by block (fewer, larger block calls; the winner and near-ties are "
+                  "re-scored alone, so the picks are cached's); plain: SLEB's full recomputation")
       ->transform(CLI::CheckedTransformer(compress::search_mode_names(), CLI::ignore_case));
   cmd->add_option("--batch-windows", args->prune.batch_windows, "calibration windows per forward")
       ->check(CLI::Range(1, 1 << 16))->capture_default_str();
+  cmd->add_option("--batch-candidates", args->prune.batch_candidates,
+                  "--search batched: candidates per group (0: as many as --batch-memory allows)")
+      ->check(CLI::Range(0, 1 << 20))->capture_default_str();
+  cmd->add_option("--batch-memory", args->prune.batch_memory_mb,
+                  fmt::format("--search batched: memory budget of one batched block call, MiB (0: "
+                              "60 % of the free device memory on CUDA, {} on the CPU)",
+                              compress::kCpuBatchMemoryMB))
+      ->check(CLI::Range(0, 1 << 30))->capture_default_str();
+  cmd->add_option("--tie-tolerance", args->prune.tie_tolerance,
+                  "--search batched: candidates within this fraction of the best loss are "
+                  "re-scored one at a time (docs/prune-blocks.md)")
+      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
   cmd->add_option("--dtype", args->dtype,
                   "compute dtype of the search (the output keeps the stored dtype)")
       ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float16"}))->capture_default_str();
@@ -81,14 +95,24 @@ void register_prune_blocks(CLI::App& app, GlobalOptions& global) {
         fmt::print("{}\n", nlohmann::json{{"metric", compress::prune_metric_name(r.metric)}, {"removed", r.removed},
                                           {"kept", r.kept}, {"blocks_before", r.num_blocks_before},
                                           {"blocks_after", r.kept.size()}, {"scores", r.scores},
+                                          {"search", compress::search_mode_name(args->prune.search)},
                                           {"block_forwards", r.block_forwards}, {"plain_block_forwards", r.plain_block_forwards},
+                                          {"block_calls", r.block_calls}, {"candidate_group", r.candidate_group},
+                                          {"rescored", r.rescored}, {"fallback_rounds", r.fallback_rounds},
+                                          {"max_batch_deviation", r.max_batch_deviation},
                                           {"calib_windows", r.calib_windows}, {"calib_len", r.calib_len},
                                           {"seconds", r.seconds}, {"bytes_in", bytes_in}, {"bytes_out", bytes_out}}.dump());
       else
-        fmt::print("removed blocks [{}] ({} -> {} blocks, {}); {} block forwards ({} for the plain search, {:.2f}x fewer); "
-                   "{} x {} calibration tokens; {:.1f} s; {} -> {} bytes\n",
+        fmt::print("removed blocks [{}] ({} -> {} blocks, {}); {} block forwards ({} for the plain search, {:.2f}x fewer) "
+                   "in {} block calls{}; {} x {} calibration tokens; {:.1f} s; {} -> {} bytes\n",
                    fmt::join(r.removed, ", "), r.num_blocks_before, r.kept.size(), compress::prune_metric_name(r.metric),
-                   r.block_forwards, r.plain_block_forwards, ratio, r.calib_windows, r.calib_len, r.seconds, bytes_in, bytes_out);
+                   r.block_forwards, r.plain_block_forwards, ratio, r.block_calls,
+                   args->prune.search == compress::SearchMode::batched && r.candidate_group > 0
+                       ? fmt::format(" (groups of up to {} candidates; {} re-scored alone, {} rounds redone, "
+                                     "max batched deviation {:.1e})",
+                                     r.candidate_group, r.rescored, r.fallback_rounds, r.max_batch_deviation)
+                       : std::string(),
+                   r.calib_windows, r.calib_len, r.seconds, bytes_in, bytes_out);
     };
   });
 }

@@ -18,6 +18,7 @@
 
 #include "kvlab/core/error.hpp"
 #include "kvlab/core/h5.hpp"
+#include "kvlab/llm/block_forward.hpp"
 #include "kvlab/llm/model_io.hpp"
 
 namespace kvlab::compress {
@@ -55,11 +56,19 @@ const char* calib_sampling_name(CalibSampling s) {
 
 const std::map<std::string, SearchMode>& search_mode_names() {
   static const std::map<std::string, SearchMode> m = {{"cached", SearchMode::cached},
-                                                      {"plain", SearchMode::plain}};
+                                                      {"plain", SearchMode::plain},
+                                                      {"batched", SearchMode::batched}};
   return m;
 }
 
-const char* search_mode_name(SearchMode s) { return s == SearchMode::cached ? "cached" : "plain"; }
+const char* search_mode_name(SearchMode s) {
+  switch (s) {
+    case SearchMode::cached: return "cached";
+    case SearchMode::plain: return "plain";
+    case SearchMode::batched: return "batched";
+  }
+  return "?";
+}
 
 // ---------------------------------------------------------------- calibration windows
 
@@ -203,10 +212,13 @@ struct Runner {
   const llm::Model& base;
   std::vector<at::Tensor> batches;  // [B, L] token windows, on the model's device
   at::Tensor positions;             // [1, L]
+  std::int64_t windows = 0;         // W
   std::int64_t forwards = 0;        // block forwards run, over all windows
+  mutable std::int64_t calls = 0;   // block invocations (one block over one batch)
 
   Runner(const llm::Model& m, const at::Tensor& windows, std::int64_t bw) : base(m) {
     const std::int64_t w = windows.size(0), len = windows.size(1);
+    this->windows = w;
     for (std::int64_t s = 0; s < w; s += bw)
       batches.push_back(windows.slice(0, s, std::min(w, s + bw)).to(m.device()));
     positions = at::arange(len, at::kLong).unsqueeze(0);
@@ -228,6 +240,7 @@ struct Runner {
     fo.input_hidden = input;
     fo.first_block = first;
     at::Tensor logits = model.forward(tok, pos(b), cache, fo);  // [B, L, V] float32
+    calls += model.num_layers() - first;
     double sum = 0;
     for (std::int64_t i = 0; i < b; ++i) {
       at::Tensor lg = logits[i].slice(0, 0, len - 1);
@@ -263,6 +276,124 @@ void check_best(const Best& best, std::int64_t round) {
                  round + 1);
 }
 
+// ---- the batched search (SearchMode::batched)
+
+// Bytes one sequence (one window of one candidate) of a batched block call needs at its peak:
+// the group's running state and the block's input/output copies and residual temporaries, q and
+// the attention output, k/v and their KV-cache copies, the SwiGLU intermediates; on the CPU the
+// attention also materialises float32 scores and probabilities [H, L, L] (CUDA: fused SDPA).
+std::uint64_t bytes_per_sequence(const llm::Model& m, std::int64_t len) {
+  const llm::ModelConfig& c = m.config();
+  const auto es = static_cast<std::uint64_t>(c10::elementSize(m.dtype()));
+  const auto l = static_cast<std::uint64_t>(len);
+  const auto hq = static_cast<std::uint64_t>(c.num_attention_heads * c.head_dim);
+  const auto hkv = static_cast<std::uint64_t>(c.num_key_value_heads * c.head_dim);
+  std::uint64_t b = es * l *
+                    (6 * static_cast<std::uint64_t>(c.hidden_size) + 2 * hq + 4 * hkv +
+                     3 * static_cast<std::uint64_t>(c.intermediate_size));
+  if (!m.device().is_cuda()) b += 8 * static_cast<std::uint64_t>(c.num_attention_heads) * l * l;
+  return b;
+}
+
+// Candidates per group for `count` candidates of `run` (PruneOptions::batch_candidates, or what
+// the memory budget allows), at least 1.
+std::int64_t group_size(const Runner& run, const llm::Model& current, std::int64_t count,
+                        const PruneOptions& o) {
+  if (o.batch_candidates > 0) return std::max<std::int64_t>(1, std::min(count, o.batch_candidates));
+  std::int64_t b = 0;
+  for (const auto& t : run.batches) b = std::max(b, t.size(0));
+  const std::int64_t len = run.positions.size(1);
+  double budget = 0;
+  if (o.batch_memory_mb > 0) {
+    budget = static_cast<double>(o.batch_memory_mb) * 1048576.0;
+  } else if (const auto free = llm::device_free_bytes(current.device())) {
+    // Leave room for the LM head of one window batch (float32 logits, log-softmax, a copy).
+    const double head = 3.0 * 4.0 * static_cast<double>(b * len * current.config().vocab_size);
+    budget = std::max(0.0, 0.6 * (static_cast<double>(*free) - head));
+  } else {
+    budget = static_cast<double>(kCpuBatchMemoryMB) * 1048576.0;
+  }
+  const double per = static_cast<double>(b) * static_cast<double>(bytes_per_sequence(current, len));
+  const auto g = static_cast<std::int64_t>(budget / per);
+  return std::max<std::int64_t>(1, std::min(count, g));
+}
+
+// SLEB losses of candidates [lo, hi) of `current` (m blocks) from the stored states, `group`
+// candidates at a time. Candidate j skips block j: it enters block j+1 with states[j]. For a
+// group [g0, g1), block k runs once on the concatenated states of the candidates j < k of the
+// group (ascending j, so they are a prefix of the group's buffer; candidate k-1 joins at block k
+// with states[k-1]); after the last block each candidate's slice goes through the LM head. An
+// allocation failure halves the group and redoes it (until 1). NaN outside [lo, hi).
+std::vector<double> batched_sweep(Runner& run, const llm::Model& current,
+                                  const std::vector<States>& states, std::int64_t lo,
+                                  std::int64_t hi, std::int64_t& group, core::Progress& progress,
+                                  PruneResult& r) {
+  const std::int64_t m = current.num_layers();
+  const std::size_t nb = run.batches.size();
+  std::vector<double> loss = nan_row(m);
+  std::int64_t seq_blocks = 0;  // one = one block over one window of one candidate
+  for (std::int64_t g0 = lo; g0 < hi;) {
+    const std::int64_t g1 = std::min(hi, g0 + group);
+    r.candidate_group = std::max(r.candidate_group, g1 - g0);
+    std::vector<double> part(static_cast<std::size_t>(g1 - g0), 0.0);
+    try {
+      for (std::size_t bi = 0; bi < nb; ++bi) {
+        const at::Tensor& s0 = states[static_cast<std::size_t>(g0)][bi];
+        const std::int64_t b = s0.size(0);
+        at::Tensor x = at::empty({(g1 - g0) * b, s0.size(1), s0.size(2)}, s0.options());
+        for (std::int64_t kb = g0 + 1; kb <= m; ++kb) {
+          if (kb - 1 < g1)
+            x.narrow(0, (kb - 1 - g0) * b, b).copy_(states[static_cast<std::size_t>(kb - 1)][bi]);
+          if (kb == m) break;
+          const std::int64_t live = std::min(kb, g1) - g0;
+          at::Tensor xs = x.narrow(0, 0, live * b);
+          xs.copy_(llm::forward_blocks(current, xs, run.positions, kb, kb + 1));
+          ++run.calls;
+          seq_blocks += live * b;
+        }
+        for (std::int64_t j = g0; j < g1; ++j)
+          part[static_cast<std::size_t>(j - g0)] +=
+              run.loss(current, bi, x.narrow(0, (j - g0) * b, b), m, nullptr);
+      }
+    } catch (const std::exception& e) {
+      if (group == 1 || !llm::is_out_of_memory(e)) throw;
+      llm::release_cached_device_memory();
+      group = std::max<std::int64_t>(1, group / 2);
+      continue;  // the same group start, smaller
+    }
+    for (std::int64_t j = g0; j < g1; ++j)
+      loss[static_cast<std::size_t>(j)] = part[static_cast<std::size_t>(j - g0)];
+    g0 = g1;
+    progress.update(g0 - lo, {{"group", static_cast<double>(group)}});
+  }
+  run.forwards += seq_blocks / run.windows;  // exact unless a group was redone
+  return loss;
+}
+
+// The candidates whose order among the `k` best (or membership in them) batching noise of at
+// most tol / 2 per loss could change: sorted by batched loss, candidates are chained while
+// neighbours are within `tol`; every chain that starts among the first k ranks is returned
+// (always the best one), plus every candidate whose batched loss is not finite.
+std::vector<std::int64_t> near_ties(const std::vector<double>& v, std::int64_t lo, std::int64_t hi,
+                                    std::int64_t k, double tol) {
+  std::vector<std::pair<double, std::int64_t>> s;
+  std::vector<std::int64_t> out;
+  for (std::int64_t j = lo; j < hi; ++j) {
+    const double x = v[static_cast<std::size_t>(j)];
+    if (std::isfinite(x)) s.emplace_back(x, j);
+    else out.push_back(j);
+  }
+  std::sort(s.begin(), s.end());
+  for (std::size_t i = 0; i < s.size() && static_cast<std::int64_t>(i) < k;) {
+    std::size_t e = i + 1;
+    while (e < s.size() && s[e].first - s[e - 1].first <= tol) ++e;
+    for (std::size_t q = i; q < e; ++q) out.push_back(s[q].second);
+    i = e;
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 // SLEB's greedy loop, or one scoring round of it (one_shot). Returns the rows of scores and the
 // removal order. alive holds ORIGINAL indices of the current model's blocks.
 void greedy_search(Runner& run, std::int64_t k, const PruneOptions& o, bool one_shot,
@@ -273,7 +404,9 @@ void greedy_search(Runner& run, std::int64_t k, const PruneOptions& o, bool one_
   std::iota(alive.begin(), alive.end(), 0);
   llm::Model current = dense;
   const std::size_t nb = run.batches.size();
-  const bool cached = o.search == SearchMode::cached;
+  const bool cached = o.search != SearchMode::plain;  // states kept (cached and batched)
+  const bool batched = o.search == SearchMode::batched;
+  std::int64_t group = 0;  // batched: candidates per group (shrinks on allocation failures)
   // states[p][bi]: hidden state entering alive block p (cached mode).
   std::vector<States> states;
   if (cached) {
@@ -290,29 +423,93 @@ void greedy_search(Runner& run, std::int64_t k, const PruneOptions& o, bool one_
         states[static_cast<std::size_t>(p)][bi] = outs[static_cast<std::size_t>(p - 1)];
     }
     run.forwards += n;
+    run.calls += n * static_cast<std::int64_t>(nb);
   }
   const std::int64_t rounds = one_shot ? 1 : k;
   std::vector<std::pair<double, std::int64_t>> oneshot_scores;  // (loss, alive index)
   for (std::int64_t i = 0; i < rounds; ++i) {
     const std::int64_t m = n - i;  // alive blocks (sleb's search_bound)
     const std::int64_t lo = o.protect_first, hi = m - o.protect_last;
+    const bool keep_outs = !one_shot && i + 1 < rounds;  // the winner's outputs: next states
     progress.stage(fmt::format("round {}/{}: scoring {} candidate blocks", i + 1, rounds, hi - lo),
                    static_cast<int>(i + 1), static_cast<int>(rounds));
     progress.begin("candidates", hi - lo, "blocks");
     std::vector<double> row = nan_row(n);
     Best best;
     std::vector<States> best_outs, cand_outs;  // cached: block outputs of the best candidate
-    for (std::int64_t j = lo; j < hi; ++j) {
+    // Candidate j scored alone from the stored state entering it (the cached search).
+    auto single = [&](std::int64_t j, bool outs_wanted) {
+      double loss = 0;
+      cand_outs.assign(nb, States());
+      for (std::size_t bi = 0; bi < nb; ++bi) {
+        std::vector<at::Tensor> outs;
+        loss += run.loss(current, bi, states[static_cast<std::size_t>(j)][bi], j + 1,
+                         outs_wanted ? &outs : nullptr);
+        cand_outs[bi] = std::move(outs);
+      }
+      run.forwards += m - 1 - j;
+      return loss;
+    };
+    std::vector<double> val(static_cast<std::size_t>(m), std::numeric_limits<double>::quiet_NaN());
+    if (batched) {
+      // The budget is re-read every round; an earlier allocation failure caps it.
+      const std::int64_t fit = group_size(run, current, hi - lo, o);
+      group = group == 0 ? fit : std::min(group, fit);
+      const std::vector<double> bl = batched_sweep(run, current, states, lo, hi, group, progress, r);
+      val = bl;
+      double lowest = std::numeric_limits<double>::infinity();
+      for (std::int64_t j = lo; j < hi; ++j)
+        if (std::isfinite(bl[static_cast<std::size_t>(j)]))
+          lowest = std::min(lowest, bl[static_cast<std::size_t>(j)]);
+      const double tol = std::isfinite(lowest) ? o.tie_tolerance * std::fabs(lowest) : 0.0;
+      std::vector<char> exact(static_cast<std::size_t>(m), 0);
+      bool off = false;  // a re-scored loss moved by more than tol / 2: the premise failed
+      auto rescore = [&](std::int64_t j) {
+        const double l = single(j, keep_outs);
+        const double b = bl[static_cast<std::size_t>(j)];
+        if (std::isfinite(l) && std::isfinite(b)) {
+          r.max_batch_deviation =
+              std::max(r.max_batch_deviation, std::fabs(b - l) / std::max(std::fabs(l), 1e-300));
+          if (std::fabs(b - l) > tol / 2) off = true;
+        } else if (std::isfinite(l) != std::isfinite(b)) {
+          off = true;
+        }
+        val[static_cast<std::size_t>(j)] = l;
+        exact[static_cast<std::size_t>(j)] = 1;
+        ++r.rescored;
+        if (l < best.loss || (l == best.loss && j < best.j)) {
+          best = {l, j};
+          if (keep_outs) best_outs.swap(cand_outs);
+        }
+      };
+      for (std::int64_t j : near_ties(bl, lo, hi, one_shot ? k : 1, tol)) rescore(j);
+      if (off) {  // trust no batched loss of this round: score the rest alone too
+        ++r.fallback_rounds;
+        for (std::int64_t j = lo; j < hi; ++j)
+          if (!exact[static_cast<std::size_t>(j)]) rescore(j);
+      }
+      // The pick (lowest loss, lowest index on ties) must be a re-scored candidate; with the
+      // premise above it always is, but a candidate that is not is re-scored rather than trusted.
+      for (;;) {
+        std::int64_t pick = -1;
+        for (std::int64_t j = lo; j < hi; ++j) {
+          const double v = val[static_cast<std::size_t>(j)];
+          if (std::isfinite(v) && (pick < 0 || v < val[static_cast<std::size_t>(pick)])) pick = j;
+        }
+        if (pick < 0 || exact[static_cast<std::size_t>(pick)]) break;
+        rescore(pick);
+      }
+      for (std::int64_t j = lo; j < hi; ++j) {
+        r.plain_block_forwards += m - 1;
+        row[static_cast<std::size_t>(alive[static_cast<std::size_t>(j)])] =
+            val[static_cast<std::size_t>(j)];
+        if (one_shot) oneshot_scores.emplace_back(val[static_cast<std::size_t>(j)], j);
+      }
+    }
+    for (std::int64_t j = batched ? hi : lo; j < hi; ++j) {
       double loss = 0;
       if (cached) {
-        cand_outs.assign(static_cast<std::size_t>(nb), States());
-        for (std::size_t bi = 0; bi < nb; ++bi) {
-          std::vector<at::Tensor> outs;
-          loss += run.loss(current, bi, states[static_cast<std::size_t>(j)][bi], j + 1,
-                           one_shot || i + 1 == rounds ? nullptr : &outs);
-          cand_outs[bi] = std::move(outs);
-        }
-        run.forwards += m - 1 - j;
+        loss = single(j, keep_outs);
       } else {
         const llm::Model cand = without(current, j);
         for (std::size_t bi = 0; bi < nb; ++bi) loss += run.loss(cand, bi, {}, 0, nullptr);
@@ -369,6 +566,7 @@ std::vector<at::Tensor> all_states(Runner& run, std::size_t bi) {
   fo.logits = llm::LogitsMode::none;
   fo.hidden_states = &outs;
   m.forward(run.batches[bi], run.pos(run.batches[bi].size(0)), cache, fo);
+  run.calls += m.num_layers();
   return outs;
 }
 
@@ -429,6 +627,12 @@ PruneResult select_blocks(const llm::Model& model, const at::Tensor& windows,
                  "prune-blocks: calibration windows must be [W >= 1, L >= 2]");
   KVLAB_THROW_IF(o.batch_windows < 1, UsageError, "--batch-windows {}: need at least 1",
                  o.batch_windows);
+  KVLAB_THROW_IF(o.batch_candidates < 0, UsageError, "--batch-candidates {}: must be >= 0",
+                 o.batch_candidates);
+  KVLAB_THROW_IF(o.batch_memory_mb < 0, UsageError, "--batch-memory {}: must be >= 0",
+                 o.batch_memory_mb);
+  KVLAB_THROW_IF(!(o.tie_tolerance >= 0) || !std::isfinite(o.tie_tolerance), UsageError,
+                 "--tie-tolerance {}: must be a finite number >= 0", o.tie_tolerance);
   const std::int64_t n = model.num_layers();
   const std::int64_t k = resolve_remove_count(n, o);
   PruneResult r;
@@ -447,6 +651,7 @@ PruneResult select_blocks(const llm::Model& model, const at::Tensor& windows,
     r.plain_block_forwards = n;
   }
   r.block_forwards = run.forwards;
+  r.block_calls = run.calls;
   // Current -> original indices (the search works on the model's current numbering).
   for (auto& i : r.removed) i = orig[static_cast<std::size_t>(i)];
   // Score rows are indexed by the input model's block index; re-index them by original index.
@@ -520,6 +725,14 @@ core::ArtifactHeader write_pruned_model(const std::filesystem::path& out,
   g.set_attr("block_forwards", r.block_forwards);
   g.set_attr("plain_block_forwards", r.plain_block_forwards);
   g.set_attr("seconds", r.seconds);
+  g.set_attr("block_calls", r.block_calls);
+  if (o.search == SearchMode::batched) {
+    g.set_attr("candidate_group", r.candidate_group);
+    g.set_attr("rescored", r.rescored);
+    g.set_attr("fallback_rounds", r.fallback_rounds);
+    g.set_attr("max_batch_deviation", r.max_batch_deviation);
+    g.set_attr("tie_tolerance", o.tie_tolerance);
+  }
   const std::int64_t rows = static_cast<std::int64_t>(r.scores.size());
   std::vector<double> flat;
   for (const auto& row : r.scores) flat.insert(flat.end(), row.begin(), row.end());

@@ -56,6 +56,32 @@ with h5py.File(sys.argv[2]) as f:
 assert j["block_forwards"] == j["plain_block_forwards"] == 72, j
 PY
 
+# The batched search (groups of 4 candidates: 6 = 4 + 2, 5 = 4 + 1) picks what the cached one
+# picks, in fewer block calls: dense 8 x 3 window batches, sweeps (6 + 2) + (5 + 1) calls per
+# window batch, plus 3 calls per block forward of the candidates re-scored alone.
+expect_exit 0 "$KVLAB" --json --threads 1 --progress none prune-blocks "$T/kjv.h5" --calib "$CAL" --search batched \
+  --batch-candidates 4 --remove-ratio 0.2 --calib-windows 3 --calib-len 256 --dtype float32 -o "$T/p-batched.h5"
+$PY - "$T/stdout" "$T/p.h5" "$T/p-batched.h5" <<'PY' || fail "batched and cached searches disagree"
+import json, sys, h5py
+j = json.load(open(sys.argv[1]))
+with h5py.File(sys.argv[2]) as f:
+    cached = list(f["prune_blocks"].attrs["removed_original_indices"])
+    cached_scores = f["prune_blocks/scores"][()]
+assert j["removed"] == cached, (j, cached)
+assert j["search"] == "batched" and j["candidate_group"] == 4 and j["rescored"] >= 2, j
+assert j["fallback_rounds"] == 0 and j["max_batch_deviation"] < 1e-6, j
+extra = j["block_forwards"] - 44
+assert extra >= 2 and j["block_calls"] == 24 + 3 * 14 + 3 * extra < 44 * 3, j
+with h5py.File(sys.argv[3]) as f:
+    g = f["prune_blocks"]
+    assert g.attrs["search"] == "batched" and g.attrs["candidate_group"] == 4, dict(g.attrs)
+    s = g["scores"][()]
+    ok = cached_scores == cached_scores  # not NaN
+    assert ((s != s) == ~ok).all() and (abs(s[ok] - cached_scores[ok]) <= 1e-6 * abs(cached_scores[ok])).all()
+PY
+expect_exit 2 "$KVLAB" prune-blocks "$T/kjv.h5" --calib "$CAL" --remove 1 --search batched --tie-tolerance 2 -o "$T/x.h5"
+expect_stderr "tie-tolerance"
+
 # Refusals: too many blocks (2), more than the unprotected ones (2), calibration shorter than a
 # window (2), both --remove and --remove-ratio (2), existing output (2), a non-model input (3).
 expect_exit 2 "$KVLAB" prune-blocks "$T/kjv.h5" --calib "$CAL" --remove 9 -o "$T/x.h5"

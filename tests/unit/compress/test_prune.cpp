@@ -126,6 +126,127 @@ TEST_CASE("prune: the cached search picks exactly what the plain recomputing sea
   }
 }
 
+namespace {
+
+// Block calls the batched search's sweeps make: per round of m alive blocks, per window batch,
+// one call per block k > g0 of each candidate group [g0, g0 + group) (candidates lo..m-2 with
+// the default protection).
+std::int64_t sweep_calls(std::int64_t n, std::int64_t rounds, std::int64_t group,
+                         std::int64_t window_batches) {
+  std::int64_t calls = 0;
+  for (std::int64_t i = 0; i < rounds; ++i) {
+    const std::int64_t m = n - i, lo = 1, hi = m - 1;
+    const std::int64_t g = group > 0 ? group : hi - lo;
+    for (std::int64_t g0 = lo; g0 < hi; g0 += g) calls += m - 1 - g0;
+  }
+  return calls * window_batches;
+}
+
+}  // namespace
+
+TEST_CASE("prune: the batched search picks exactly what the plain search picks, any group size") {
+  const llm::Model& model = test::fixture_model_f32();
+  compress::CalibOptions co;
+  co.windows = 3;
+  co.len = 256;
+  const at::Tensor windows = compress::make_calibration_windows(calib_ids(), co, "calib.txt");
+  core::NullProgress np;
+  for (PruneMetric metric : {PruneMetric::sleb, PruneMetric::ppl_oneshot}) {
+    PruneOptions o;
+    o.metric = metric;
+    o.remove = 3;
+    o.batch_windows = 2;  // window batches of 2 and 1
+    o.search = compress::SearchMode::plain;
+    const auto plain = compress::select_blocks(model, windows, o, np);
+    o.search = compress::SearchMode::cached;
+    const auto cached = compress::select_blocks(model, windows, o, np);
+    const std::int64_t rounds = metric == PruneMetric::sleb ? 3 : 1;
+    // Candidates per round: 6, 5, 4. Group 1; 2 (does not divide 5); 4 (divides none);
+    // 6 (one group); 0 (from the memory budget: all of them on the CPU for this model).
+    for (std::int64_t group : {1, 2, 4, 6, 0}) {
+      o.search = compress::SearchMode::batched;
+      o.batch_candidates = group;
+      const auto b = compress::select_blocks(model, windows, o, np);
+      CAPTURE(compress::prune_metric_name(metric));
+      CAPTURE(group);
+      CHECK(b.removed == plain.removed);
+      CHECK(b.removed == cached.removed);
+      REQUIRE(b.scores.size() == cached.scores.size());
+      for (std::size_t r = 0; r < cached.scores.size(); ++r)
+        for (std::size_t i = 0; i < cached.scores[r].size(); ++i) {
+          if (std::isnan(cached.scores[r][i])) {
+            CHECK(std::isnan(b.scores[r][i]));
+          } else if (group == 1) {
+            // Groups of one candidate run the cached search's computations: bit for bit.
+            CHECK(b.scores[r][i] == cached.scores[r][i]);
+          } else {
+            // float32 on the CPU: a larger batch changes the last bits of some block outputs
+            // (up to ~1e-7 of a summed loss here), far below the 1e-4 tie tolerance.
+            CHECK(b.scores[r][i] == doctest::Approx(cached.scores[r][i]).epsilon(1e-6));
+            CHECK(b.scores[r][i] == doctest::Approx(plain.scores[r][i]).epsilon(1e-5));
+          }
+        }
+      // The winners were re-scored alone: their scores are the cached search's, exactly.
+      if (metric == PruneMetric::sleb)
+        for (std::size_t r = 0; r < b.removed.size(); ++r)
+          CHECK(b.scores[r][static_cast<std::size_t>(b.removed[r])] ==
+                cached.scores[r][static_cast<std::size_t>(cached.removed[r])]);
+      CHECK(b.plain_block_forwards == plain.block_forwards);
+      CHECK(b.candidate_group == (group > 0 ? group : 6));
+      CHECK(b.rescored >= rounds);  // at least the winner of every round
+      CHECK(b.fallback_rounds == 0);
+      CHECK(b.max_batch_deviation < 1e-6);
+      if (group == 1) CHECK(b.max_batch_deviation == 0.0);
+      // Block forwards: the cached count plus those of the candidates re-scored alone (at
+      // least the winner of every round, which has >= 1 block after it).
+      CHECK(b.block_forwards >= cached.block_forwards + rounds);
+      // Block calls: the dense pass (8 blocks x 2 window batches), the sweeps' group calls, and
+      // 2 calls per block forward of the re-scoring.
+      CHECK(b.block_calls == 16 + sweep_calls(8, rounds, group, 2) +
+                                 2 * (b.block_forwards - cached.block_forwards));
+      CHECK(cached.block_calls == 2 * cached.block_forwards);
+      if (group == 1) CHECK(b.block_calls == 2 * b.block_forwards);
+      // (ppl-oneshot re-scores its K = 3 best alone, which on 8 blocks costs what the one
+      // batched round saved: no fewer calls there.)
+      if (group != 1 && metric == PruneMetric::sleb) CHECK(b.block_calls < cached.block_calls);
+      // 16 dense + 30 sweep + the re-scoring's vs 108 (SLEB, 3 of 8 blocks, one group).
+      if (group == 0 && metric == PruneMetric::sleb) CHECK(3 * b.block_calls < 2 * cached.block_calls);
+    }
+    // Every candidate a near-tie (tolerance 1): each is re-scored alone, same picks.
+    o.batch_candidates = 4;
+    o.tie_tolerance = 1.0;
+    const auto all = compress::select_blocks(model, windows, o, np);
+    CHECK(all.removed == plain.removed);
+    CHECK(all.rescored == (metric == PruneMetric::sleb ? 6 + 5 + 4 : 6));
+    // ... which costs what the cached search ran once more, less the dense pass (8).
+    CHECK(all.block_forwards == 2 * cached.block_forwards - 8);
+    o.tie_tolerance = 1e-4;
+  }
+}
+
+TEST_CASE("prune: batched group size from the memory budget, and option errors") {
+  const llm::Model& model = test::fixture_model_f32();
+  compress::CalibOptions co;
+  co.windows = 2;
+  co.len = 128;
+  const at::Tensor windows = compress::make_calibration_windows(calib_ids(), co, "calib.txt");
+  core::NullProgress np;
+  PruneOptions o;
+  o.remove = 1;
+  o.search = compress::SearchMode::batched;
+  o.batch_memory_mb = 1;  // below one sequence of this model: groups of 1
+  auto r = compress::select_blocks(model, windows, o, np);
+  CHECK(r.candidate_group == 1);
+  o.batch_memory_mb = 4096;  // room for all 6 candidates
+  r = compress::select_blocks(model, windows, o, np);
+  CHECK(r.candidate_group == 6);
+  o.batch_candidates = -1;
+  CHECK(test::error_of([&] { compress::select_blocks(model, windows, o, np); }, 2).find("--batch-candidates") != std::string::npos);
+  o.batch_candidates = 0;
+  o.tie_tolerance = -1;
+  CHECK(test::error_of([&] { compress::select_blocks(model, windows, o, np); }, 2).find("--tie-tolerance") != std::string::npos);
+}
+
 TEST_CASE("prune: block forwards of the cached search at Llama-2-7B scale (32 blocks, 7 removed)") {
   // A random 32-block model of tiny width: the counts do not depend on the weights.
   llm::ModelConfig c = test::tiny_llm_config();
@@ -134,12 +255,21 @@ TEST_CASE("prune: block forwards of the cached search at Llama-2-7B scale (32 bl
   const at::Tensor windows = at::randint(0, c.vocab_size, {1, 8}, at::kLong);
   PruneOptions o;
   o.remove = 7;
+  o.search = compress::SearchMode::cached;
   core::NullProgress np;
   const auto r = compress::select_blocks(m, windows, o, np);
   CHECK(r.plain_block_forwards == 5320);  // sum_{i<7} (30 - i)(31 - i), the reference's cost
   CHECK(r.block_forwards == 2692);        // 32 + sum_{i<7} (30 - i)(31 - i) / 2
   CHECK(static_cast<double>(r.plain_block_forwards) / r.block_forwards >= 1.9);
   CHECK(r.removed.size() == 7);
+  CHECK(r.block_calls == 2692);  // one window batch: one call per block forward
+  // Batched, all candidates of a round in one group: the same picks in 32 dense + sum of
+  // (m - 2) = 32 + 30 + ... + 24 sweep calls, plus the re-scored candidates' calls.
+  o.search = compress::SearchMode::batched;
+  const auto b = compress::select_blocks(m, windows, o, np);
+  CHECK(b.removed == r.removed);
+  CHECK(b.block_calls == 32 + 189 + (b.block_forwards - r.block_forwards));
+  CHECK(b.block_calls < 400);
 }
 
 TEST_CASE("prune: kvlab removes the blocks SLEB's official code removes, in its order") {

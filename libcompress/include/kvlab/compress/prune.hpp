@@ -6,7 +6,9 @@
 //   /prune_blocks   attrs metric, search, removed_original_indices (removal order),
 //                   kept_original_indices, num_blocks_before, num_blocks_after, protect_first,
 //                   protect_last, calib_windows, calib_len, calib_sampling, calib_seed,
-//                   block_forwards, plain_block_forwards, seconds
+//                   block_forwards, plain_block_forwards, seconds, block_calls;
+//                   batched search also: candidate_group, rescored, fallback_rounds,
+//                   max_batch_deviation, tie_tolerance
 //   /prune_blocks/scores   float64 [rounds, num_blocks_before]  score of each candidate (by its
 //                          ORIGINAL index; NaN = not a candidate that round); axis_labels
 //                          ["round", "original_block"]
@@ -66,9 +68,13 @@ std::vector<std::int64_t> python_randint(std::uint64_t seed, std::int64_t lo, st
                                          std::int64_t count);
 
 enum class SearchMode {
-  cached,  ///< keep the hidden states entering every alive block across candidates and rounds;
-           ///< a candidate j only runs the blocks after j (identical picks, fewer block forwards)
-  plain,   ///< SLEB's reference loop: every candidate is a full forward of the model without it
+  cached,   ///< keep the hidden states entering every alive block across candidates and rounds;
+            ///< a candidate j only runs the blocks after j (identical picks, fewer block forwards)
+  plain,    ///< SLEB's reference loop: every candidate is a full forward of the model without it
+  batched,  ///< cached, and the candidates of a round run together: block k runs once on the
+            ///< concatenated states of every candidate j < k of a group (a wavefront), groups
+            ///< sized by a memory budget; the winner and its near-ties are then re-scored one at a
+            ///< time as `cached` does, so the picks are cached's (docs/prune-blocks.md)
 };
 const std::map<std::string, SearchMode>& search_mode_names();
 const char* search_mode_name(SearchMode s);
@@ -81,6 +87,15 @@ struct PruneOptions {
   std::int64_t protect_last = 1;   ///< SLEB latter_barrier: the last alive blocks never removed
   SearchMode search = SearchMode::cached;
   std::int64_t batch_windows = 1;  ///< calibration windows per forward (SLEB: bs=1)
+  /// batched search: candidates per group (0: as many as batch_memory_mb allows).
+  std::int64_t batch_candidates = 0;
+  /// batched search: memory budget of a group's block call, in MiB (0: 60 % of the free device
+  /// memory left after the LM head on CUDA, kCpuBatchMemoryMB on the CPU).
+  std::int64_t batch_memory_mb = 0;
+  /// batched search: candidates whose batched losses lie within tie_tolerance x |best loss| of
+  /// the best (chained) are re-scored one at a time; a re-scored candidate whose batched loss was
+  /// off by more than half of that makes the whole round re-scored (see PruneResult).
+  double tie_tolerance = 1e-4;
   CalibOptions calib;
 };
 
@@ -100,7 +115,18 @@ struct PruneResult {
   std::int64_t plain_block_forwards = 0;  ///< what SLEB's reference loop needs for the same picks
   std::int64_t calib_windows = 0, calib_len = 0;
   double seconds = 0;
+  /// Block invocations actually made (each: one block over one batch of sequences, whatever
+  /// its size): plain/cached make one per block per window batch and candidate; batched one per
+  /// block per window batch and candidate group.
+  std::int64_t block_calls = 0;
+  std::int64_t candidate_group = 0;  ///< batched: largest candidate group used (0 otherwise)
+  std::int64_t rescored = 0;         ///< batched: candidates re-scored one at a time
+  std::int64_t fallback_rounds = 0;  ///< batched: rounds re-scored whole (deviation > tol / 2)
+  double max_batch_deviation = 0;    ///< batched: max |batched - single| / |single| loss seen
 };
+
+/// Default memory budget of the batched search on the CPU, in MiB.
+inline constexpr std::int64_t kCpuBatchMemoryMB = 2048;
 
 /// Chooses the blocks to remove. `windows` [W, L] int64 (make_calibration_windows). The model is
 /// not modified. Deterministic for fixed inputs on the CPU.
