@@ -14,6 +14,13 @@
            and compares with the unrewritten models' outputs. Writes
            tests/data/mobile/onnx-roundtrip.json (the max differences).
 
+  param-shapes
+           every parameter's name and shape as the diffusers/transformers modules hold them
+           (instantiated on the meta device: nothing allocated), per bundled model and component
+           (text encoder without the "text_model." prefix; vae_decoder = decoder.* +
+           post_quant_conv.*): what `mobile-plan export --weights` expects of a checkpoint.
+           Writes tests/data/mobile/golden-param-shapes.json.
+
   checkpoint
            the committed round-trip pipeline tests/data/mobile/roundtrip/ (run by hand; CI only
            reads it): a micro diffusers pipeline (the tiny configs with narrower UNet and VAE)
@@ -26,6 +33,7 @@
            `kvlab mobile-plan export --weights` with it.
 
 Usage: /tmp/venv-mobile/bin/python scripts/make-golden-diffusion.py params
+       /tmp/venv-mobile/bin/python scripts/make-golden-diffusion.py param-shapes
        /tmp/venv-mobile/bin/python scripts/make-golden-diffusion.py onnx build/bin/kvlab
        /tmp/venv-mobile/bin/python scripts/make-golden-diffusion.py checkpoint
 (the venv: python3 -m venv /tmp/venv-mobile, a .pth pointing at a torch+transformers venv,
@@ -77,6 +85,25 @@ def params():
         print(model_dir.name, {k: v for k, v in out["models"][model_dir.name].items() if k != "unet_children"})
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "golden-params.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+def param_shapes():
+    import diffusers
+    import torch
+    import transformers
+    out = {"made_by": "scripts/make-golden-diffusion.py param-shapes",
+           "diffusers": diffusers.__version__, "transformers": transformers.__version__, "models": {}}
+    for model_dir in sorted(p for p in DATA.iterdir() if p.is_dir()):
+        with torch.device("meta"):
+            te, unet, vae = load_models(model_dir)
+        out["models"][model_dir.name] = {
+            "text_encoder": {k[len("text_model."):] if k.startswith("text_model.") else k: list(v.shape)
+                             for k, v in te.named_parameters()},
+            "unet": {k: list(v.shape) for k, v in unet.named_parameters()},
+            "vae_decoder": {k: list(v.shape) for k, v in vae.named_parameters()
+                            if k.startswith("decoder.") or k.startswith("post_quant_conv.")}}
+        print(model_dir.name, {k: len(v) for k, v in out["models"][model_dir.name].items()})
+    (OUT / "golden-param-shapes.json").write_text(json.dumps(out, separators=(",", ":")) + "\n")
 
 
 def state_dict_from_onnx(models):
@@ -286,4 +313,4 @@ if __name__ == "__main__":
     if cmd == "onnx":
         onnx_roundtrip(sys.argv[2])
     else:
-        {"params": params, "checkpoint": checkpoint}[cmd]()
+        {"params": params, "param-shapes": param_shapes, "checkpoint": checkpoint}[cmd]()

@@ -8,7 +8,9 @@
 #include <ATen/ATen.h>
 
 #include <cstring>
+#include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "../test_util.hpp"
 #include "kvlab/llm/safetensors.hpp"
@@ -131,6 +133,29 @@ TEST_CASE("mobile weights: component_params covers every parameter once, torch s
       }
       if (c.component == "text_encoder")
         CHECK(by_name.at("embeddings.token_embedding.weight") == std::vector<std::int64_t>{100, 32});
+    }
+  }
+}
+
+TEST_CASE("mobile weights: parameter names and shapes equal diffusers/transformers' for sd15, sd21, tiny") {
+  // golden-param-shapes.json: named_parameters() of the modules instantiated from the same configs
+  // (scripts/make-golden-diffusion.py param-shapes), i.e. what a real checkpoint holds.
+  std::ifstream f(test::source_path("tests/data/mobile/golden-param-shapes.json"));
+  const auto gold = nlohmann::json::parse(f)["models"];
+  for (const char* model : {"sd15", "sd21", "tiny"}) {
+    const auto g = pim::build_pipeline_graph(test::source_path(std::string("data/diffusion/") + model), {});
+    for (const auto& c : g.components) {
+      CAPTURE(model);
+      CAPTURE(c.component);
+      const auto& want = gold.at(model).at(c.component);
+      std::size_t matched = 0;
+      for (const auto& p : pim::component_params(c.net)) {
+        CAPTURE(p.name);
+        REQUIRE(want.contains(p.name));
+        CHECK(want.at(p.name).get<std::vector<std::int64_t>>() == p.shape);
+        ++matched;
+      }
+      CHECK(matched == want.size());  // nothing diffusers holds is left out
     }
   }
 }
