@@ -505,6 +505,14 @@ std::vector<OnnxChunk> export_onnx(const NetDesc& net,
     oc.nodes = b.nodes.size();
     oc.weight_elems = b.weight_elems;
     oc.bytes = model.str();
+    // protobuf refuses messages of 2 GiB and more (onnxruntime and onnx cannot load them); the
+    // cap is at fp16 and the export fp32, so a chunk near --cap-mb 1024 is the largest possible.
+    KVLAB_THROW_IF(oc.bytes.size() >= (std::size_t{1} << 31),
+                   UsageError,
+                   "export: {} would be {:.2f} GB, over protobuf's 2 GiB message limit; lower "
+                   "--cap-mb (the cap counts fp16 weights, the export writes fp32)",
+                   oc.file,
+                   static_cast<double>(oc.bytes.size()) / 1e9);
     out.push_back(std::move(oc));
   }
   return out;
