@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace kvlab::llm::cuda {
 
@@ -28,6 +29,35 @@ bool decode_attention_supports(const at::Tensor& q, const at::Tensor& k);
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& kpos, const at::Tensor& qpos, std::int64_t window,
                             double scale);
+
+// ---- batch-1 decode step (one token of one sequence) ----
+
+/// Whether the GEMV kernels below take w [N, K] for inputs of dtype t: w on CUDA in t
+/// (fp32/bf16/fp16), contiguous and 16-byte aligned, K a multiple of 16 bytes, N a multiple of
+/// `rows_multiple`. x must be a contiguous CUDA vector of K elements (checked by each call).
+bool gemv_weight_supported(const at::Tensor& w, c10::ScalarType t, int rows_multiple);
+
+/// [W_0 x' + b_0, W_1 x' + b_1, ...] back to back in one [sum N_i] tensor (one to three weights,
+/// N_i multiples of 4; an undefined bias is none): q/k/v in one launch. x' = x, or
+/// rms_norm(x, norm_w, eps) (rounded as rms_norm above) when norm_w is defined.
+at::Tensor gemv(const at::Tensor& x, const std::vector<at::Tensor>& ws,
+                const std::vector<at::Tensor>& biases, const at::Tensor& norm_w = {},
+                double eps = 0.0);
+
+/// resid + W x (W x rounded to the dtype first, as `x + linear(...)`), shaped like resid.
+at::Tensor gemv_residual(const at::Tensor& x, const at::Tensor& w, const at::Tensor& resid);
+
+/// silu(gate x') * (up x'), each intermediate rounded as the ATen expression: [N]; x' as in gemv.
+at::Tensor gemv_gate_up(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up,
+                        const at::Tensor& norm_w = {}, double eps = 0.0);
+
+/// RoPE (cos/sin [1, 1, D]) of the q and k heads in qkv ([Hq + 2 Hkv] x D, from gemv), k and v
+/// written into the cache storage [1, Hkv, L, D] at slot[0] and qpos[0] into the positions
+/// [1, Hkv, L]; returns q [1, Hq, 1, D].
+at::Tensor rope_write(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin,
+                      const at::Tensor& slot, const at::Tensor& qpos, std::int64_t hq,
+                      std::int64_t hkv, std::int64_t dim, const at::Tensor& ks,
+                      const at::Tensor& vs, const at::Tensor& ps);
 
 }  // namespace kvlab::llm::cuda
 

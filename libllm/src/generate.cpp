@@ -143,6 +143,7 @@ BenchResult bench_decode(const Model& model, const BenchOptions& opt, core::Prog
     if (opt.cuda_graphs && DecodeGraph::unsupported_reason(model, cache, nullptr).empty())
       graph = std::make_unique<DecodeGraph>(model, cache, opt.decode_tokens, true);
     r.cuda_graph = graph != nullptr;
+    r.fused_decode = graph != nullptr && model.uses_fused_decode(cache);
     t0 = Clock::now();
     for (std::int64_t s = 0; s < opt.decode_tokens; ++s) {
       at::Tensor pos = at::full({opt.batch, 1}, opt.context + s, at::kLong);
@@ -163,6 +164,8 @@ BenchResult bench_decode(const Model& model, const BenchOptions& opt, core::Prog
   r.decode_tokens_per_second = static_cast<double>(opt.batch) / r.decode_seconds_per_step;
   const auto& c = model.config();
   const std::uint64_t elem = model.dtype() == at::kFloat ? 4 : 2;
+  const std::uint64_t embed = c.tie_word_embeddings ? 0 : static_cast<std::uint64_t>(c.vocab_size * c.hidden_size) * elem;
+  r.weight_bytes_read_per_step = r.weight_bytes - std::min(r.weight_bytes, embed);
   const double mean_ctx = static_cast<double>(opt.context) + 0.5 * static_cast<double>(opt.decode_tokens);
   r.kv_bytes_read_per_step = static_cast<std::uint64_t>(
       2.0 * static_cast<double>(model.num_layers() * opt.batch * c.num_key_value_heads * c.head_dim * elem) * mean_ctx);

@@ -240,6 +240,13 @@ at::Tensor Model::decode_static(const at::Tensor& tokens, const at::Tensor& posi
   for (std::int64_t li = 0; li < num_layers(); ++li) {
     const Block& blk = blocks_[static_cast<std::size_t>(li)];
     LayerKV& kv = cache.layer(li);
+    if (fused_decode_) {
+      at::Tensor y = decode_block_fused(blk, x, rt, positions, slot, kv, ao);
+      if (y.defined()) {
+        x = y;
+        continue;
+      }
+    }
     auto [q, k, v] = project_qkv(blk, x, rt);
     kv.write_slot(slot, k, v, positions);
     // Every layer holds the same positions here (full attention): one mask serves them all
@@ -249,7 +256,83 @@ at::Tensor Model::decode_static(const at::Tensor& tokens, const at::Tensor& posi
                                positions, ao);
     x = finish_block(blk, x, out);
   }
+#ifdef KVLAB_WITH_CUDA
+  if (fused_decode_ && x.is_cuda() && x.size(0) == 1 && lm_head_->kind() == "dense" &&
+      cuda::gemv_weight_supported(lm_head_->dense_weight(), x.scalar_type(), 4) &&
+      final_norm_.is_contiguous() && final_norm_.scalar_type() == x.scalar_type()) {
+    const std::optional<at::Tensor> b = lm_head_->bias();
+    return cuda::gemv(x.reshape({-1}), {lm_head_->dense_weight()}, {b ? *b : at::Tensor()},
+                      final_norm_, cfg_.rms_norm_eps)
+        .view({1, -1})
+        .to(at::kFloat);
+  }
+#endif
   return lm_head_->forward(rms_norm(x.select(1, 0), final_norm_)).to(at::kFloat);
+}
+
+bool Model::fused_block_ok(const Block& blk, const LayerKV& kv, std::int64_t batch) const {
+#ifdef KVLAB_WITH_CUDA
+  // Batch 1 on CUDA, plain dense layers (binarized or other swapped layers take the ATen path),
+  // no page metadata to keep current, and the fused split-K attention able to read the storage.
+  if (!device_.is_cuda() || batch != 1 || kv.page_size() != 0) return false;
+  const Linear* lin[] = {blk.q_proj.get(), blk.k_proj.get(), blk.v_proj.get(), blk.o_proj.get(),
+                         blk.gate_proj.get(), blk.up_proj.get(), blk.down_proj.get()};
+  for (int i = 0; i < 7; ++i) {
+    // q/k/v may carry a bias (Qwen2); o_proj and the MLP never do in the supported families.
+    if (lin[i]->kind() != "dense" || (i >= 3 && lin[i]->bias()) ||
+        !cuda::gemv_weight_supported(lin[i]->dense_weight(), dtype_, i == 4 || i == 5 ? 2 : 4))
+      return false;
+  }
+  if (lin[4]->dense_weight().sizes() != lin[5]->dense_weight().sizes()) return false;
+  for (const at::Tensor* w : {&blk.input_layernorm, &blk.post_attention_layernorm})
+    if (!w->is_contiguous() || w->scalar_type() != dtype_ || !w->is_cuda()) return false;
+  const at::Tensor q = at::empty({1, cfg_.num_attention_heads, 1, cfg_.head_dim},
+                                 at::TensorOptions().device(device_).dtype(dtype_));
+  return fused_decode_attention(q, kv.storage_keys()) && kv.storage_positions().stride(2) == 1;
+#else
+  (void)blk, (void)kv, (void)batch;
+  return false;
+#endif
+}
+
+bool Model::uses_fused_decode(const KVCache& cache) const {
+  if (!fused_decode_ || cache.num_layers() != num_layers()) return false;
+  for (std::int64_t li = 0; li < num_layers(); ++li)
+    if (!fused_block_ok(blocks_[static_cast<std::size_t>(li)], cache.layer(li), cache.batch()))
+      return false;
+  return true;
+}
+
+at::Tensor Model::decode_block_fused(const Block& blk, const at::Tensor& x, const RopeTables& rt,
+                                     const at::Tensor& positions, const at::Tensor& slot,
+                                     LayerKV& kv, const AttentionOptions& ao) const {
+#ifdef KVLAB_WITH_CUDA
+  if (!fused_block_ok(blk, kv, x.size(0))) return {};
+  const std::int64_t h_q = cfg_.num_attention_heads, h_kv = cfg_.num_key_value_heads,
+                     d = cfg_.head_dim;
+  const Linear* lin[] = {blk.q_proj.get(), blk.k_proj.get(), blk.v_proj.get(), blk.o_proj.get(),
+                         blk.gate_proj.get(), blk.up_proj.get(), blk.down_proj.get()};
+  auto bias = [](const Linear* l) {
+    const std::optional<at::Tensor> b = l->bias();
+    return b ? *b : at::Tensor();
+  };
+  const at::Tensor& ks = kv.storage_keys();
+  // The input RMSNorms run inside the GEMV blocks that consume them.
+  const at::Tensor qkv = cuda::gemv(
+      x.reshape({-1}), {lin[0]->dense_weight(), lin[1]->dense_weight(), lin[2]->dense_weight()},
+      {bias(lin[0]), bias(lin[1]), bias(lin[2])}, blk.input_layernorm, cfg_.rms_norm_eps);
+  const at::Tensor q = cuda::rope_write(qkv, rt.cos, rt.sin, slot, positions, h_q, h_kv, d, ks,
+                                        kv.storage_values(), kv.storage_positions());
+  const at::Tensor attn =
+      attention(q, ks, kv.storage_values(), kv.storage_positions(), positions, ao).reshape({-1});
+  const at::Tensor h = cuda::gemv_residual(attn, lin[3]->dense_weight(), x.contiguous());
+  const at::Tensor act = cuda::gemv_gate_up(h.view({-1}), lin[4]->dense_weight(), lin[5]->dense_weight(),
+                                            blk.post_attention_layernorm, cfg_.rms_norm_eps);
+  return cuda::gemv_residual(act, lin[6]->dense_weight(), h);
+#else
+  (void)blk, (void)x, (void)rt, (void)positions, (void)slot, (void)kv, (void)ao;
+  return {};
+#endif
 }
 
 at::Tensor Model::forward(const at::Tensor& tokens_in, const at::Tensor& positions_in,

@@ -5,7 +5,10 @@
 #include <ATen/ATen.h>
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "kvlab/core/error.hpp"
 #include "kvlab/llm/attention.hpp"
@@ -132,4 +135,44 @@ TEST_CASE("CUDA model == CPU model: prefill and decode through the fused kernels
   const at::Tensor ref = decode(cpu, pb, 10, false, false, cc);
   CHECK(max_diff(ref, decode(gpu, pb, 10, false, false, cg)) < 1e-4);
   CHECK(max_diff(ref, decode(gpu, pb, 10, true, true, cg)) < 1e-4);
+}
+
+TEST_CASE("fused batch-1 decode block == the ATen decode step, every architecture" *
+          doctest::skip(!at::hasCUDA())) {
+  // Shapes where every fused kernel runs (head_dim 64, GEMV rows multiples of 4, K multiples of
+  // 16 bytes); teacher-forced tokens so that both runs see the same sequence.
+  for (llm::Arch arch : {llm::Arch::llama, llm::Arch::qwen2, llm::Arch::mistral}) {
+    llm::ModelConfig c = test::tiny_llm_config(arch);
+    c.hidden_size = 256;
+    c.intermediate_size = 512;
+    c.head_dim = 64;
+    c.vocab_size = 260;
+    if (arch == llm::Arch::mistral) c.sliding_window = 6;
+    const llm::ModelFile f = test::tiny_llm_file(c);
+    for (const char* dt : {"float32", "bfloat16"}) {
+      const int a = static_cast<int>(arch);
+      CAPTURE(a);
+      CAPTURE(dt);
+      llm::Model m = llm::Model::from_file(f, {"cuda", dt});
+      auto run = [&](bool fused) {
+        m.set_fused_decode(fused);
+        llm::KVCache cache = m.make_cache(1);
+        llm::ForwardOptions fo;
+        fo.logits = llm::LogitsMode::last;
+        m.forward(at::arange(3, 12, at::kLong).view({1, -1}), test::arange_positions(1, 9), cache, fo);
+        CHECK(m.uses_fused_decode(cache) == fused);
+        llm::DecodeGraph g(m, cache, 12, true);
+        std::vector<at::Tensor> out;
+        for (std::int64_t s = 0; s < 12; ++s)
+          out.push_back(g.step(at::tensor({(s * 37 + 5) % 260}, at::kLong).view({1, 1}),
+                               at::tensor({9 + s}, at::kLong).view({1, 1}))
+                            .cpu());
+        return at::stack(out);
+      };
+      const at::Tensor fused = run(true), ref = run(false);
+      const double scale = std::max(1.0, ref.abs().max().item<double>());
+      CHECK(fused.isfinite().all().item<bool>());
+      CHECK(max_diff(fused, ref) < (std::string(dt) == "float32" ? 1e-4 : 3e-2) * scale);
+    }
+  }
 }

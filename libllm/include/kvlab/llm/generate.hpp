@@ -66,6 +66,10 @@ struct BenchResult {
   double decode_seconds_per_step = 0;  ///< median over runs of (decode time / steps)
   double decode_tokens_per_second = 0; ///< batch / decode_seconds_per_step
   std::uint64_t weight_bytes = 0;
+  /// Weight bytes one decode step reads: all but an untied input embedding table (one row of it
+  /// is read per token); the roofline's weight term.
+  std::uint64_t weight_bytes_read_per_step = 0;
+  bool fused_decode = false;  ///< every block ran the fused batch-1 kernels (Model::uses_fused_decode)
   std::uint64_t kv_bytes_read_per_step = 0;  ///< K+V bytes attention reads at the mean context
   std::uint64_t kv_bytes_allocated = 0;
   bool cuda_graph = false;  ///< decode steps replayed a CUDA graph (capture time not counted)

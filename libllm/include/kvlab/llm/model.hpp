@@ -24,6 +24,7 @@
 namespace kvlab::llm {
 
 struct RopeTables;
+struct AttentionOptions;
 
 /// y = x W^T (+ b). Implementations: DenseLinear here, packed binary layers in libbinary.
 class Linear {
@@ -122,6 +123,13 @@ class Model {
   /// Returns float32 logits [B, V] of the step.
   at::Tensor decode_static(const at::Tensor& tokens, const at::Tensor& positions,
                            const at::Tensor& slot, KVCache& cache) const;
+  /// Whether decode_static may use the batch-1 fused CUDA block (GEMV kernels with the bias,
+  /// residual and SwiGLU epilogues, RoPE fused with the cache write; docs/performance.md). On by
+  /// default; off gives the ATen/cuBLAS step (the benchmark's ablation, the tests' reference).
+  void set_fused_decode(bool on) { fused_decode_ = on; }
+  bool fused_decode() const { return fused_decode_; }
+  /// Whether decode_static runs every block of this cache through the fused kernels.
+  bool uses_fused_decode(const KVCache& cache) const;
   /// The token embeddings [B, T, C] (the input of block 0), for prune-blocks.
   at::Tensor embed_tokens(const at::Tensor& tokens) const;
   /// The weights under their HF names, on the CPU in the model's dtype, with the current block
@@ -145,8 +153,16 @@ class Model {
   /// The rest of a block after attention: o_proj, residual, norm, SwiGLU MLP, residual.
   at::Tensor finish_block(const Block& blk, const at::Tensor& x, const at::Tensor& attn) const;
 
+  /// decode_static's fused batch-1 block (CUDA only): returns the block's output, or an
+  /// undefined tensor where the kernels do not apply (the caller takes the ATen path).
+  bool fused_block_ok(const Block& blk, const LayerKV& kv, std::int64_t batch) const;
+  at::Tensor decode_block_fused(const Block& blk, const at::Tensor& x, const RopeTables& rt,
+                                const at::Tensor& positions, const at::Tensor& slot,
+                                LayerKV& kv, const AttentionOptions& ao) const;
+
   ModelConfig cfg_;
   at::Device device_{at::kCPU};
+  bool fused_decode_ = true;
   c10::ScalarType dtype_ = at::kFloat;
   at::Tensor embed_, final_norm_, inv_freq_;
   std::shared_ptr<Linear> lm_head_;
