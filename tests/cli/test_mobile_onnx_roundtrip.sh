@@ -4,14 +4,20 @@
 # encoder BF16, UNet F16, VAE F32), the rewritten chunks run in sequence with onnxruntime and
 # compared with the diffusers models' own outputs (reference.npz, made by
 # scripts/make-golden-diffusion.py checkpoint). onnxruntime comes from the venv that
-# scripts/install-deps.sh creates (.venv-ci; KVLAB_ONNX_PYTHON overrides). Also the exit codes of
+# scripts/install-deps.sh creates (.venv-ci; KVLAB_ONNX_PYTHON overrides; without it the test
+# fails under CI=true and is skipped, exit 77, elsewhere). Also the exit codes of
 # --weights: a checkpoint that does not match the graph (3), no checkpoint / one file for all (2).
 source "$(dirname "$0")/lib.sh"
 RT="$SRC/tests/data/mobile/roundtrip"
 PD="$SRC/data/mobile"
 ORTPY="${KVLAB_ONNX_PYTHON:-$SRC/.venv-ci/bin/python}"
-"$ORTPY" -c 'import onnxruntime, numpy' 2>/dev/null ||
-  fail "no onnxruntime: $ORTPY cannot import onnxruntime and numpy (run scripts/install-deps.sh, which creates .venv-ci, or set KVLAB_ONNX_PYTHON)"
+if ! "$ORTPY" -c 'import onnxruntime, numpy' 2>/dev/null; then
+  msg="no onnxruntime: $ORTPY cannot import onnxruntime and numpy (run scripts/install-deps.sh, which creates .venv-ci, or set KVLAB_ONNX_PYTHON)"
+  # CI (CI=true) must run the round trip; elsewhere (a GPU host without PyPI) ctest shows a skip.
+  [ "${CI:-}" = true ] && fail "$msg"
+  echo "SKIP: $msg" >&2
+  exit 77
+fi
 
 start=$(date +%s)
 # Export with the checkpoint's weights, several chunks per component (2 / 14 / 2).
