@@ -306,3 +306,33 @@ TEST_CASE("mobile weights: exported initializers hold the checkpoint's values") 
   for (const auto& ch : chunks) elems += ch.weight_elems;
   CHECK(elems == pim::net_params(c.net));
 }
+
+TEST_CASE("mobile weights: a sharded checkpoint (index.json + shards) opens like one file") {
+  const fs::path rt = test::source_path(kRoundtrip);
+  const auto g = pim::build_pipeline_graph(rt, {});
+  const auto expected = pim::component_params(comp(g, "unet").net);
+  const auto sd = load_all(rt / "unet" / "diffusion_pytorch_model.safetensors");
+  const fs::path dir = test::scratch("sharded-unet");
+  fs::create_directories(dir);
+  std::map<std::string, at::Tensor> a, b;
+  nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+  int i = 0;
+  for (const auto& [k, v] : sd) {
+    const bool first = i++ % 2 == 0;
+    (first ? a : b)[k] = v;
+    index["weight_map"][k] = first ? "diffusion_pytorch_model-00001-of-00002.safetensors"
+                                   : "diffusion_pytorch_model-00002-of-00002.safetensors";
+  }
+  llm::write_safetensors(dir / "diffusion_pytorch_model-00001-of-00002.safetensors", a);
+  llm::write_safetensors(dir / "diffusion_pytorch_model-00002-of-00002.safetensors", b);
+  test::write_file(dir / "diffusion_pytorch_model.safetensors.index.json", index.dump());
+  const auto file = pim::find_component_checkpoint(dir, "unet", true);
+  CHECK(file == dir / "diffusion_pytorch_model.safetensors.index.json");
+  const auto w = pim::ComponentWeights::open(file, "unet", expected);
+  for (const auto& p : expected) CHECK(w.read(p.name) == as_floats(sd.at(p.name)));
+  // A shard path outside the index's directory is refused.
+  index["weight_map"]["conv_in.weight"] = "../elsewhere.safetensors";
+  test::write_file(dir / "bad.safetensors.index.json", index.dump());
+  const auto msg = test::error_of([&] { pim::ComponentWeights::open(dir / "bad.safetensors.index.json", "unet", expected); }, 3);
+  CHECK(msg.find("../elsewhere.safetensors") != std::string::npos);
+}
