@@ -1,59 +1,43 @@
 #!/usr/bin/env python3
-"""Measures the testbed model (docs/testbed.md) in kvlab and in transformers on the same data.
+"""Measures the testbed model (docs/testbed.md) in kvlab and in transformers on the same token ids.
 
-  perplexity: held-out KJV text (data/kjv-byte-llama/heldout.txt), kvlab eval's protocol
-              (non-overlapping windows of --seq-len tokens, no BOS, mean NLL of seq_len-1
-              predictions per window, first --windows windows);
-  pass keys:  the fixture's prompt format (data/README.md) with held-out KJV filler: the key sentence
-              at a random depth, the question at the end; a trial is correct when the greedy
-              continuation (8 new tokens) starts with the 5 digits. --passkeys trials per context
-              length (1k/2k/4k tokens), identical prompts for both runtimes.
+  perplexity: held-out KJV text (data/kjv-byte-llama/heldout.txt) tokenized once by kvlab
+              (`kvlab tokenize`, the model's own tokenizer), kvlab eval's protocol (non-overlapping
+              windows of --seq-len tokens, no BOS, mean NLL of seq_len-1 predictions per window,
+              first --windows windows), the same windows through transformers;
+  pass keys:  `kvlab kv-eval MODEL --method full --task retrieval` (the prompt built as text through
+              the model's tokenizer: held-out KJV filler words, " The pass key is K. Remember it.
+              K is the pass key." at each depth, "\\nWhat is the pass key? The pass key is" last,
+              exactly 1k/2k/4k tokens); kv-eval writes every prompt's ids and its greedy output
+              (--retrieval-prompts), and transformers generates greedily from the same ids. A trial
+              is correct when the decoded output, leading spaces dropped, starts with the 5 digits
+              and no sixth digit follows (kv-eval's rule, re-checked here on both outputs).
 
-kvlab side: `kvlab eval --json` and `kvlab generate --json` on the imported artifact (text in; the
-model's own tokenizer). transformers side: AutoModelForCausalLM/AutoTokenizer loaded from the same
-GGUF (transformers dequantises it; needs the `gguf` package), float32, eager attention.
+transformers side: AutoModelForCausalLM loaded from the same GGUF (transformers dequantises the Q4_1
+weights itself; needs the `gguf` package), float32, eager attention; its tokenizer only decodes.
 
-  python3 scripts/testbed-compare.py --kvlab build/bin/kvlab --model smollm2.h5 \
+  python3 scripts/testbed-compare.py --kvlab build/bin/kvlab --model smollm2.h5 \\
       --gguf ~/.cache/kvlab/testbed/SmolLM2-135M-Instruct.Q4_1.gguf [--no-hf] > results.json
 """
 import argparse
+import array
 import json
 import math
 import os
-import random
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def passkey_prompts(tok_len, filler, n, length, rng):
-    """Prompts of about `length` tokens (measured with tok_len) with a key at a random depth."""
-    out = []
-    for _ in range(n):
-        key = "%05d" % rng.randrange(100000)
-        needle = f" The pass key is {key}. Remember it. {key} is the pass key. "
-        q = "\nWhat is the pass key? The pass key is "
-        # grow the haystack (whole words) until the prompt reaches `length` tokens
-        start = rng.randrange(0, len(filler) - 8 * length)
-        nchar = 3 * length
-        while True:
-            hay = filler[start:start + nchar]
-            hay = hay[: hay.rfind(" ")]
-            depth = rng.randint(0, len(hay))
-            depth = hay.rfind(" ", 0, depth) if depth else 0
-            text = hay[:max(depth, 0)] + needle + hay[max(depth, 0):] + q
-            t = tok_len(text)
-            if t >= length or nchar > 7 * length:
-                break
-            nchar = int(nchar * length / max(t, 1)) + 16
-        while tok_len(text) > length and len(hay) > 100:  # trim to at most `length` tokens
-            hay = hay[: hay.rfind(" ", 0, len(hay) - 20)]
-            d = min(max(depth, 0), len(hay))
-            text = hay[:d] + needle + hay[d:] + q
-        out.append((text, key))
-    return out
+def answer_correct(output, key):
+    """kv-eval's text rule: leading whitespace dropped, starts with the key, no digit after it."""
+    s = output.lstrip(" \n\t\r\f\v")
+    if not s.startswith(key):
+        return False
+    return len(s) == len(key) or not s[len(key)].isdigit() or not s[len(key)].isascii()
 
 
 def main():
@@ -63,14 +47,18 @@ def main():
     ap.add_argument("--gguf", required=True, help="the GGUF it was imported from")
     ap.add_argument("--heldout", default=os.path.join(HERE, "..", "data", "kjv-byte-llama", "heldout.txt"))
     ap.add_argument("--seq-len", type=int, default=1024)
-    ap.add_argument("--windows", type=int, default=20)
-    ap.add_argument("--passkeys", type=int, default=10)
-    ap.add_argument("--lengths", default="1024,2048,4096")
+    ap.add_argument("--windows", type=int, default=20, help="perplexity windows (0: skip perplexity)")
+    ap.add_argument("--lengths", default="1024,2048,4096", help="pass-key prompt lengths in tokens")
+    ap.add_argument("--depths", default="0.1,0.5,0.9", help="key depths (fractions of the filler)")
+    ap.add_argument("--samples", type=int, default=4, help="pass keys per (length, depth)")
     ap.add_argument("--no-hf", action="store_true", help="kvlab only")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default=None, help="keep the token file and prompts here")
     a = ap.parse_args()
-    res = {"model": a.model, "gguf": os.path.basename(a.gguf), "seq_len": a.seq_len, "windows": a.windows}
-    text = open(a.heldout, encoding="utf-8").read()
+    work = a.work or tempfile.mkdtemp(prefix="testbed-")
+    os.makedirs(work, exist_ok=True)
+    res = {"model": a.model, "gguf": os.path.basename(a.gguf), "seq_len": a.seq_len, "windows": a.windows,
+           "lengths": a.lengths, "depths": a.depths, "samples_per_cell": a.samples}
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
 
     def kv(*args):
@@ -80,59 +68,78 @@ def main():
             sys.exit(f"kvlab {' '.join(args[:2])} failed ({r.returncode}): {r.stderr[-2000:]}")
         return json.loads(r.stdout)
 
-    t0 = time.time()
-    e = kv("eval", a.model, "--data", a.heldout, "--seq-len", str(a.seq_len), "--max-windows", str(a.windows),
-           "--dtype", "float32")
-    res["kvlab_ppl"] = e["ppl"]
-    res["kvlab_ppl_ci"] = [e["ppl_ci_low"], e["ppl_ci_high"]]
-    res["kvlab_eval_seconds"] = time.time() - t0
-    print(f"kvlab ppl {e['ppl']:.4f}", file=sys.stderr)
-
     hf = None
     if not a.no_hf:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         torch.set_num_threads(a.threads)
         d, f = os.path.dirname(os.path.abspath(a.gguf)), os.path.basename(a.gguf)
-        tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-        hf = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32, attn_implementation="eager")
+        hf_tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+        hf = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32,
+                                                  attn_implementation="eager")
         hf.eval()
-        ids = tok(text, add_special_tokens=False).input_ids
-        losses = []
-        with torch.no_grad():
-            for w in range(min(a.windows, len(ids) // a.seq_len)):
-                x = torch.tensor([ids[w * a.seq_len:(w + 1) * a.seq_len]])
-                lg = hf(x).logits.float()
-                losses.append(torch.nn.functional.cross_entropy(lg[0, :-1], x[0, 1:]).item())
-        m = sum(losses) / len(losses)
-        res["hf_ppl"] = math.exp(m)
-        print(f"transformers ppl {res['hf_ppl']:.4f}", file=sys.stderr)
-        tok_len = lambda s: len(tok(s, add_special_tokens=True).input_ids)
-    else:
-        tok_len = lambda s: len(s) // 4
 
-    rng = random.Random(7)
-    res["passkey"] = {}
-    for length in [int(x) for x in a.lengths.split(",")]:
-        prompts = passkey_prompts(tok_len, text, a.passkeys, length, rng)
-        ok_kv = ok_hf = 0
-        ntok = []
-        for p, key in prompts:
-            g = kv("generate", a.model, "--prompt", p, "-n", "8", "--dtype", "float32")
-            out = g["outputs"][0]["text"]
-            ok_kv += out.strip().startswith(key)
-            if hf is not None:
-                x = tok(p, add_special_tokens=True, return_tensors="pt")
-                ntok.append(x.input_ids.shape[1])
-                with torch.no_grad():
-                    y = hf.generate(**x, max_new_tokens=8, do_sample=False)
-                ok_hf += tok.decode(y[0, x.input_ids.shape[1]:], skip_special_tokens=True).strip().startswith(key)
-        r = {"trials": len(prompts), "kvlab_correct": ok_kv}
+    # ---- perplexity on kvlab's token ids
+    if a.windows > 0:
+        tokens = os.path.join(work, "heldout.bin")
+        t = kv("tokenize", a.model, "--text", a.heldout, "-o", tokens, "--force")
+        width = 2 if t["dtype"] == "uint16" else 4
+        ids = array.array("H" if width == 2 else "I")
+        with open(tokens, "rb") as fh:
+            ids.frombytes(fh.read())
+        res["heldout_tokens"] = len(ids)
+        t0 = time.time()
+        e = kv("eval", a.model, "--data", tokens, "--seq-len", str(a.seq_len), "--max-windows", str(a.windows),
+               "--dtype", "float32")
+        res["kvlab_ppl"] = e["ppl"]
+        res["kvlab_ppl_ci"] = [e["ppl_ci_low"], e["ppl_ci_high"]]
+        res["kvlab_eval_seconds"] = time.time() - t0
+        print(f"kvlab ppl {e['ppl']:.4f}", file=sys.stderr)
         if hf is not None:
-            r["hf_correct"] = ok_hf
-            r["prompt_tokens_mean"] = sum(ntok) / len(ntok)
-        res["passkey"][str(length)] = r
-        print(f"passkey {length}: {r}", file=sys.stderr)
+            t0 = time.time()
+            losses = []
+            with torch.no_grad():
+                for w in range(min(a.windows, len(ids) // a.seq_len)):
+                    x = torch.tensor([list(ids[w * a.seq_len:(w + 1) * a.seq_len])])
+                    lg = hf(x).logits.float()
+                    losses.append(torch.nn.functional.cross_entropy(lg[0, :-1], x[0, 1:]).item())
+            res["hf_ppl"] = math.exp(sum(losses) / len(losses))
+            res["hf_eval_seconds"] = time.time() - t0
+            print(f"transformers ppl {res['hf_ppl']:.4f}", file=sys.stderr)
+
+    # ---- pass keys: kv-eval retrieval, then transformers on the same prompt ids
+    prompts = os.path.join(work, "passkey-prompts.jsonl")
+    t0 = time.time()
+    r = kv("kv-eval", a.model, "--method", "full", "--task", "retrieval", "--data", a.heldout,
+           "--retrieval-context", a.lengths, "--retrieval-depth", a.depths,
+           "--retrieval-samples", str(a.samples), "--retrieval-prompts", prompts, "--dtype", "float32")
+    res["kvlab_kv_eval_seconds"] = time.time() - t0
+    cell = r["cells"][0]
+    res["kvlab_retrieval"] = {"score": cell["score"], "samples": cell["samples"], "details": cell["details"]}
+    rows = [json.loads(line) for line in open(prompts)]
+    per = {}
+    t0 = time.time()
+    for row in rows:
+        c = per.setdefault(str(row["context"]), {"trials": 0, "kvlab_correct": 0, "kvlab_recheck": 0,
+                                                 "hf_correct": 0, "same_output_ids": 0})
+        c["trials"] += 1
+        c["kvlab_correct"] += bool(row["correct"])
+        c["kvlab_recheck"] += answer_correct(row["output_text"], row["key"])
+        if hf is not None:
+            x = torch.tensor([row["prompt_ids"]])
+            n = len(row["output_ids"])
+            with torch.no_grad():
+                y = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
+                                do_sample=False, pad_token_id=hf_tok.eos_token_id or 0)
+            out = y[0, x.shape[1]:].tolist()
+            text = hf_tok.decode(out, skip_special_tokens=True)
+            c["hf_correct"] += answer_correct(text, row["key"])
+            c["same_output_ids"] += out == row["output_ids"]
+            print(f"ctx {row['context']} depth {row['depth']} key {row['key']}: kvlab {row['output_text']!r} "
+                  f"({row['correct']}), transformers {text!r}", file=sys.stderr)
+    if hf is not None:
+        res["hf_generate_seconds"] = time.time() - t0
+    res["passkey"] = per
     print(json.dumps(res, indent=1))
 
 

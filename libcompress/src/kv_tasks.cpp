@@ -10,6 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <string_view>
 
 #include "kvlab/core/error.hpp"
 #include "kvlab/core/runtime.hpp"
@@ -109,6 +110,85 @@ std::string trim(const std::string& s) {
   return s.substr(a, b - a + 1);
 }
 
+// ------------------------------------------------------- text prompts (models with a tokenizer)
+//
+// Models with a real tokenizer get prompts built as text and encoded at once (their natural
+// tokenisation) instead of ids spliced together. The filler is the data file's own text (its
+// tokens decoded), cut at word boundaries (a space with a non-space character on both sides);
+// the number of filler words is chosen so the whole prompt has exactly the wanted token count
+// (the batch needs equal lengths), starting at a later word when no word count hits it exactly.
+
+constexpr const char* kQuestionText = "\nWhat is the pass key? The pass key is";
+
+std::string needle_sentence(const std::string& key) {
+  return " The pass key is " + key + ". Remember it. " + key + " is the pass key.";
+}
+
+bool is_space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r' || c == '\f' || c == '\v'; }
+
+// Positions of spaces with a non-space character on both sides.
+std::vector<std::size_t> word_boundaries(const std::string& t) {
+  std::vector<std::size_t> b;
+  for (std::size_t p = 1; p + 1 < t.size(); ++p)
+    if (t[p] == ' ' && !is_space(t[p - 1]) && !is_space(t[p + 1])) b.push_back(p);
+  return b;
+}
+
+std::int64_t text_bos(const KvTaskInputs& in) {
+  return in.tokenizer && in.tokenizer->data().add_bos ? in.tokenizer->bos_id() : -1;
+}
+
+std::vector<std::int64_t> encode_prompt(const KvTaskInputs& in, const std::string& text) {
+  std::vector<std::int64_t> ids;
+  if (text_bos(in) >= 0) ids.push_back(text_bos(in));
+  in.tokenizer->encode_append(text, ids);
+  return ids;
+}
+
+// Filler text: the data file's tokens [start, start + n) decoded.
+std::string filler_text(const KvTaskInputs& in, std::int64_t start, std::int64_t n) {
+  return in.tokenizer->decode(slice(in.text, start, n), /*skip_special=*/true);
+}
+
+// The prompt [BOS] + encode(assemble(words)) of exactly `target` tokens, where `words` is a run of
+// whole filler words: the largest word count whose prompt fits (binary search, then a scan of
+// the neighbours, as the count is monotone only up to merges at the edges), moving the first word
+// on until one is exact. UsageError naming the file when none is found.
+std::vector<std::int64_t> exact_text_prompt(const KvTaskInputs& in, const std::string& filler,
+                                            std::int64_t target, const std::string& what,
+                                            const std::function<std::string(std::string_view, std::size_t)>& assemble) {
+  const std::vector<std::size_t> bnd = word_boundaries(filler);
+  KVLAB_THROW_IF(bnd.size() < 4, UsageError, "{}: the text of {} has too few words to build prompts",
+                 what, in.text_path);
+  // words(a, w): filler from just after boundary a up to boundary a + w (w >= 1 whole words).
+  auto words = [&](std::size_t a, std::size_t w) {
+    return std::string_view(filler).substr(bnd[a] + 1, bnd[a + w] - bnd[a] - 1);
+  };
+  const std::size_t tries = std::min<std::size_t>(64, bnd.size() / 2);
+  for (std::size_t a = 0; a < tries; ++a) {
+    const std::size_t wmax = bnd.size() - 1 - a;
+    std::map<std::size_t, std::vector<std::int64_t>> memo;
+    auto f = [&](std::size_t w) -> const std::vector<std::int64_t>& {
+      auto it = memo.find(w);
+      if (it == memo.end()) it = memo.emplace(w, encode_prompt(in, assemble(words(a, w), w))).first;
+      return it->second;
+    };
+    auto len = [&](std::size_t w) { return static_cast<std::int64_t>(f(w).size()); };
+    KVLAB_THROW_IF(len(wmax) < target, UsageError,
+                   "{}: the text of {} is too short for a prompt of {} tokens", what, in.text_path, target);
+    if (len(1) > target) continue;
+    std::size_t lo = 1, hi = wmax;  // len(lo) <= target < len(hi) unless equal
+    while (hi - lo > 1) {
+      const std::size_t mid = lo + (hi - lo) / 2;
+      (len(mid) <= target ? lo : hi) = mid;
+    }
+    for (std::size_t w = lo > 3 ? lo - 3 : 1; w <= std::min(wmax, lo + 3); ++w)
+      if (len(w) == target) return f(w);
+  }
+  KVLAB_THROW(UsageError, "{}: cannot build a prompt of exactly {} tokens from the text of {} (no whole-"
+              "word cut gives that count); try another length", what, target, in.text_path);
+}
+
 // ---------------------------------------------------------------- retrieval
 
 TaskOutcome run_retrieval(const llm::Model& model, const KvTaskInputs& in, const KvTaskSettings& s,
@@ -119,6 +199,11 @@ TaskOutcome run_retrieval(const llm::Model& model, const KvTaskInputs& in, const
   std::vector<double> ok;
   std::map<std::string, std::pair<double, double>> cell;  // "ctx@depth" -> (correct, n)
   double ctx_sum = 0, budget_sum = 0;
+  std::ofstream dump;
+  if (!s.retrieval.prompts_path.empty()) {
+    dump.open(s.retrieval.prompts_path, std::ios::trunc);
+    KVLAB_THROW_IF(!dump, IoError, "{}: cannot write the retrieval prompts", s.retrieval.prompts_path);
+  }
   progress.begin("retrieval", static_cast<std::int64_t>(all.size()), "sample");
   for (std::size_t i = 0; i < all.size();) {
     // A batch: consecutive samples of the same context length (equal prompt lengths).
@@ -130,13 +215,25 @@ TaskOutcome run_retrieval(const llm::Model& model, const KvTaskInputs& in, const
     std::int64_t budget = 0;
     llm::GenerateOptions go;
     auto policy = make(all[i].context, &budget, &go.cache);
-    go.max_new_tokens = static_cast<std::int64_t>(all[i].answer.size());
+    // Byte-level: exactly the key's ids. Text: the key's ids and one more token (so a sixth digit
+    // shows), the longest in the batch.
+    go.max_new_tokens = 0;
+    for (std::size_t k = i; k < j; ++k)
+      go.max_new_tokens = std::max<std::int64_t>(
+          go.max_new_tokens, static_cast<std::int64_t>(all[k].answer.size()) + (all[k].text_mode ? 1 : 0));
     go.ignore_eos = true;
     core::NullProgress quiet;
     const llm::GenerateResult g = llm::generate(model, prompts, go, policy.get(), quiet);
     r.kv_bytes_peak = std::max(r.kv_bytes_peak, g.kv_bytes_peak);
     for (std::size_t k = i; k < j; ++k) {
-      const bool hit = g.outputs[k - i].tokens == all[k].answer;
+      const std::vector<std::int64_t>& out = g.outputs[k - i].tokens;
+      const std::string out_text = in.decode ? in.decode(out) : std::string();
+      const bool hit = all[k].text_mode ? text_answer_correct(out_text, all[k].key) : out == all[k].answer;
+      if (dump.is_open())
+        dump << nlohmann::json{{"context", all[k].context}, {"depth", all[k].depth}, {"key", all[k].key},
+                               {"prompt_ids", all[k].prompt}, {"answer_ids", all[k].answer},
+                               {"output_ids", out}, {"output_text", out_text}, {"correct", hit}}.dump()
+             << "\n";
       ok.push_back(hit ? 1.0 : 0.0);
       auto& c = cell[fmt::format("ctx{}_depth{:g}", all[k].context, all[k].depth)];
       c.first += hit;
@@ -148,6 +245,10 @@ TaskOutcome run_retrieval(const llm::Model& model, const KvTaskInputs& in, const
     progress.update(static_cast<std::int64_t>(i), {{"accuracy", mean(ok)}});
   }
   progress.end({{"accuracy", mean(ok)}});
+  if (dump.is_open()) {
+    dump.close();
+    KVLAB_THROW_IF(!dump, IoError, "{}: write failed", s.retrieval.prompts_path);
+  }
   r.score = mean(ok);
   r.score_stderr = stderr_of(ok);
   r.samples = static_cast<std::int64_t>(ok.size());
@@ -218,10 +319,29 @@ TaskOutcome run_ppl(const llm::Model& model, const KvTaskInputs& in, const KvTas
 
 // ---------------------------------------------------------------- long-gen
 
+// Text mode (a tokenizer): the key sentence's tokens after the filler, the question's tokens.
+std::vector<std::int64_t> continuation_ids(const KvTaskInputs& in, const std::string& text) {
+  std::vector<std::int64_t> ids;
+  in.tokenizer->encode_continuation(text, ids);
+  return ids;
+}
+
 std::int64_t long_gen_context(const KvTaskInputs& in, const LongGenOptions& o) {
+  if (in.tokenizer) {
+    const auto pre = static_cast<std::int64_t>(continuation_ids(in, " The pass key is 00").size());
+    const auto q = static_cast<std::int64_t>(in.encode(kQuestionText).size());
+    return (text_bos(in) >= 0 ? 1 : 0) + o.lead_tokens + pre + o.generate_tokens + q;
+  }
   const auto pre = static_cast<std::int64_t>(in.encode(" The pass key is 00").size());
   const auto q = static_cast<std::int64_t>(in.encode(kQuestion).size());
   return (in.bos >= 0 ? 1 : 0) + o.lead_tokens + pre + o.generate_tokens + q;
+}
+
+// The leading run of ASCII digits of s.
+std::string leading_digits(const std::string& s) {
+  std::size_t e = 0;
+  while (e < s.size() && s[e] >= '0' && s[e] <= '9') ++e;
+  return s.substr(0, e);
 }
 
 TaskOutcome run_long_gen(const llm::Model& model, const KvTaskInputs& in, const KvTaskSettings& s,
@@ -236,8 +356,18 @@ TaskOutcome run_long_gen(const llm::Model& model, const KvTaskInputs& in, const 
   const std::int64_t n_text = in.text.numel();
   KVLAB_THROW_IF(n_text <= o.lead_tokens + 1, UsageError, "task long-gen: {} is shorter than --long-gen-lead {}",
                  in.text_path, o.lead_tokens);
-  const std::vector<std::int64_t> question = in.encode(kQuestion);
+  const bool text = static_cast<bool>(in.tokenizer);
+  KVLAB_THROW_IF(text && o.lead_tokens < 8, UsageError,
+                 "--long-gen-lead {}: models with a tokenizer need at least 8 lead tokens (whole words of "
+                 "filler text)", o.lead_tokens);
+  const std::vector<std::int64_t> question = in.encode(text ? kQuestionText : kQuestion);
   const std::int64_t context = long_gen_context(in, o);
+  // Text mode: the prompt is [BOS] + filler words + " The pass key is NN", this many tokens.
+  const std::int64_t prompt_tokens = text ? (text_bos(in) >= 0 ? 1 : 0) + o.lead_tokens +
+                                                static_cast<std::int64_t>(continuation_ids(in, " The pass key is 00").size())
+                                          : 0;
+  // Answer tokens generated: the key's (plus one, so a sixth digit shows) in text mode.
+  const int answer_tokens = text ? static_cast<int>(continuation_ids(in, " 00000").size()) + 1 : 5;
   std::mt19937_64 rng(s.seed * 7919 + 17);
   TaskOutcome r;
   r.metric = "accuracy";
@@ -250,6 +380,18 @@ TaskOutcome run_long_gen(const llm::Model& model, const KvTaskInputs& in, const 
     std::vector<std::string> prefixes;
     for (std::int64_t k = 0; k < b; ++k) {
       const std::string key = random_key(rng);
+      if (text) {
+        const std::int64_t n_fill = o.lead_tokens + o.lead_tokens / 4 + 64;
+        KVLAB_THROW_IF(n_fill > n_text, UsageError,
+                       "task long-gen: {} holds {} tokens, too few for --long-gen-lead {} (need about {})",
+                       in.text_path, n_text, o.lead_tokens, n_fill);
+        const auto start = static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(n_text - n_fill + 1));
+        const std::string tail = " The pass key is " + key.substr(0, 2);
+        prompts.push_back(exact_text_prompt(in, filler_text(in, start, n_fill), prompt_tokens, "task long-gen",
+                                            [&](std::string_view words, std::size_t) { return std::string(words) + tail; }));
+        prefixes.push_back(key.substr(0, 2));
+        continue;
+      }
       const auto start = static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(n_text - o.lead_tokens));
       std::vector<std::int64_t> p;
       if (in.bos >= 0) p.push_back(in.bos);
@@ -284,13 +426,23 @@ TaskOutcome run_long_gen(const llm::Model& model, const KvTaskInputs& in, const 
       r.kv_bytes_peak = std::max(r.kv_bytes_peak, cache.bytes());
     }
     std::vector<std::vector<std::int64_t>> answer(static_cast<std::size_t>(b));
-    for (int d = 0; d < 5; ++d) {
+    for (int d = 0; d < answer_tokens; ++d) {
       const auto next = argmax_rows(logits);
       for (std::int64_t k = 0; k < b; ++k) answer[static_cast<std::size_t>(k)].push_back(next[static_cast<std::size_t>(k)]);
-      if (d < 4) logits = step(model, cache, policy.get(), next);
+      if (d + 1 < answer_tokens) logits = step(model, cache, policy.get(), next);
     }
     for (std::int64_t k = 0; k < b; ++k) {
       const auto& gk = gen[static_cast<std::size_t>(k)];
+      if (text) {  // the model's digits right after "is NN", then the answer on decoded text
+        const std::string written = leading_digits(in.decode(gk));
+        const bool digits = written.size() == 3;
+        const bool hit = digits && text_answer_correct(in.decode(answer[static_cast<std::size_t>(k)]),
+                                                       prefixes[static_cast<std::size_t>(k)] + written);
+        key_written += digits;
+        ok.push_back(hit ? 1.0 : 0.0);
+        budget_sum += static_cast<double>(budget);
+        continue;
+      }
       const std::string written = in.decode(std::vector<std::int64_t>(gk.begin(), gk.begin() + std::min<std::size_t>(3, gk.size())));
       const bool digits = written.size() == 3 && std::all_of(written.begin(), written.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
       const std::string key = prefixes[static_cast<std::size_t>(k)] + written;
@@ -441,7 +593,59 @@ TaskOutcome run_speed(const llm::Model& model, const KvTaskSettings& s, const Po
   return r;
 }
 
+// A retrieval sample built as text (see exact_text_prompt): filler words[:depth] + the key
+// sentence + words[depth:] + the question, `ctx` tokens.
+RetrievalSample text_retrieval_sample(const KvTaskInputs& in, std::int64_t ctx, double depth,
+                                      std::mt19937_64& rng) {
+  const std::int64_t n_text = in.text.numel();
+  const std::string key = random_key(rng);
+  const std::string needle = needle_sentence(key);
+  // Filler tokens: the prompt's length and a margin (decoded text re-encodes to about as many).
+  const std::int64_t n_fill = ctx + ctx / 4 + 64;
+  KVLAB_THROW_IF(n_fill > n_text, UsageError,
+                 "--retrieval-context {}: the haystack file {} holds only {} tokens (need about {})", ctx,
+                 in.text_path, n_text, n_fill);
+  const auto start = static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(n_text - n_fill + 1));
+  const std::string filler = filler_text(in, start, n_fill);
+  RetrievalSample smp;
+  smp.prompt = exact_text_prompt(
+      in, filler, ctx, fmt::format("--retrieval-context {}", ctx),
+      [&](std::string_view words, std::size_t w) {
+        const auto j = static_cast<std::size_t>(std::llround(depth * static_cast<double>(w)));
+        std::string t;
+        if (j == 0) {
+          t = needle.substr(1) + " " + std::string(words);
+        } else {
+          std::size_t cut = words.size();
+          if (j < w) {  // the j-th word boundary of `words`
+            std::size_t seen = 0;
+            for (std::size_t p = 1; p + 1 < words.size(); ++p)
+              if (words[p] == ' ' && !is_space(words[p - 1]) && !is_space(words[p + 1]) && ++seen == j) {
+                cut = p;
+                break;
+              }
+          }
+          t = std::string(words.substr(0, cut)) + needle + std::string(words.substr(cut));
+        }
+        return t + kQuestionText;
+      });
+  in.tokenizer->encode_continuation(" " + key, smp.answer);
+  smp.key = key;
+  smp.context = ctx;
+  smp.depth = depth;
+  smp.text_mode = true;
+  return smp;
+}
+
 }  // namespace
+
+bool text_answer_correct(const std::string& output, const std::string& key) {
+  std::size_t a = 0;
+  while (a < output.size() && is_space(output[a])) ++a;
+  if (output.compare(a, key.size(), key) != 0) return false;
+  const std::size_t e = a + key.size();
+  return e >= output.size() || output[e] < '0' || output[e] > '9';
+}
 
 std::vector<RetrievalSample> make_retrieval_samples(const KvTaskInputs& in, const RetrievalOptions& o,
                                                     std::uint64_t seed) {
@@ -457,6 +661,10 @@ std::vector<RetrievalSample> make_retrieval_samples(const KvTaskInputs& in, cons
       KVLAB_THROW_IF(!(depth >= 0 && depth <= 1), UsageError, "--retrieval-depth {}: must be in [0, 1]", depth);
       std::mt19937_64 rng(seed * 1000003ULL + ci * 1009ULL + di * 17ULL + 1);
       for (std::int64_t k = 0; k < o.samples; ++k) {
+        if (in.tokenizer) {
+          out.push_back(text_retrieval_sample(in, ctx, depth, rng));
+          continue;
+        }
         const std::string key = random_key(rng);
         const std::vector<std::int64_t> needle = in.encode(needle_text(key));
         const std::int64_t hay = ctx - (in.bos >= 0 ? 1 : 0) - static_cast<std::int64_t>(needle.size() + q.size());
@@ -476,6 +684,7 @@ std::vector<RetrievalSample> make_retrieval_samples(const KvTaskInputs& in, cons
         smp.prompt.insert(smp.prompt.end(), h.begin() + at_, h.end());
         smp.prompt.insert(smp.prompt.end(), q.begin(), q.end());
         smp.answer = in.encode(key);
+        smp.key = key;
         smp.context = ctx;
         smp.depth = depth;
         out.push_back(std::move(smp));
@@ -539,6 +748,14 @@ KvTaskInputs load_kv_task_inputs(const llm::Model& model, const std::string& mod
     in.decode = [](const std::vector<std::int64_t>& ids) { return llm::ids_to_bytes(ids); };
   }
   if (model.config().bos_token_id) in.bos = *model.config().bos_token_id;
+  if (!model.byte_level()) {
+    if (auto tok = llm::model_tokenizer(model_path)) {
+      in.tokenizer = tok;
+      in.encode = [tok](const std::string& t) { return tok->encode(t); };
+      in.decode = [tok](const std::vector<std::int64_t>& ids) { return tok->decode(ids, /*skip_special=*/true); };
+      in.bos = tok->data().add_bos ? tok->bos_id() : -1;  // as `generate` encodes prompts
+    }
+  }
   if (!data_path.empty()) {
     in.text = llm::read_model_data(data_path, data_opt, model_path).ids.reshape({-1}).to(at::kLong).contiguous();
     in.text_path = data_path;

@@ -9,6 +9,8 @@
 #include <unicode/ustring.h>
 
 #include <algorithm>
+#include <cstring>
+#include <deque>
 #include <fstream>
 #include <array>
 #include <map>
@@ -174,7 +176,8 @@ class Regex {
       KVLAB_THROW(FormatError, "tokenizer pre-tokenizer regex \"{}\": PCRE2 cannot compile it at "
                   "offset {}: {}", pattern, off, reinterpret_cast<const char*>(msg));
     }
-    pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);  // falls back to the interpreter on failure
+    // JIT when the platform has it; the interpreter otherwise (same matches).
+    jit_ = pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE) == 0;
   }
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
@@ -183,20 +186,30 @@ class Regex {
   /// Calls f(begin, end) for each match in s (non-overlapping, left to right).
   template <class F>
   void for_each(std::string_view s, F&& f) const {
-    thread_local struct MD {
+    // One match data (the ovector) and one match context with a 1 MiB JIT stack per thread,
+    // reused by every call (no allocation per match).
+    thread_local struct Ctx {
       pcre2_match_data* md = pcre2_match_data_create(4, nullptr);
-      ~MD() { pcre2_match_data_free(md); }
-    } md;
+      pcre2_match_context* mc = pcre2_match_context_create(nullptr);
+      pcre2_jit_stack* js = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, nullptr);
+      Ctx() { if (mc && js) pcre2_jit_stack_assign(mc, nullptr, js); }
+      ~Ctx() {
+        pcre2_jit_stack_free(js);
+        pcre2_match_context_free(mc);
+        pcre2_match_data_free(md);
+      }
+    } ctx;
+    const auto* subject = reinterpret_cast<PCRE2_SPTR>(s.data());
+    const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(ctx.md);
     std::size_t start = 0;
     while (start <= s.size()) {
-      const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), start, 0,
-                                 md.md, nullptr);
+      const int rc = jit_ ? pcre2_jit_match(code_, subject, s.size(), start, 0, ctx.md, ctx.mc)
+                          : pcre2_match(code_, subject, s.size(), start, 0, ctx.md, ctx.mc);
       if (rc < 0) {
         if (rc == PCRE2_ERROR_NOMATCH) break;
         KVLAB_THROW(FormatError, "tokenizer: PCRE2 match error {}", rc);
       }
-      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.md);
-      std::size_t b = ov[0], e = ov[1];
+      const std::size_t b = ov[0], e = ov[1];
       if (e == b) {  // empty match: step one code point
         if (b >= s.size()) break;
         std::size_t j = b;
@@ -211,7 +224,256 @@ class Regex {
 
  private:
   pcre2_code* code_ = nullptr;
+  bool jit_ = false;
 };
+
+// ------------------------------------------------------------------------ hash tables --
+// Open-addressing tables keyed by byte strings looked up by string_view (C++17's unordered_map
+// cannot look up a std::string key without building one) or by a token pair; no allocation per
+// lookup.
+
+inline std::uint64_t mix64(std::uint64_t h) {
+  h ^= h >> 32;
+  h *= 0xd6e8feb86659fd93ULL;
+  h ^= h >> 32;
+  return h;
+}
+
+inline std::uint64_t hash_bytes(const char* p, std::size_t n) {
+  std::uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL);
+  while (n >= 8) {
+    std::uint64_t w;
+    std::memcpy(&w, p, 8);
+    h = (h ^ w) * 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 29;
+    p += 8;
+    n -= 8;
+  }
+  std::uint64_t w = 0;
+  std::memcpy(&w, p, n);
+  return mix64((h ^ w) * 0x94d049bb133111ebULL);
+}
+
+/// Byte string -> int32 (the first value stored for a key wins, as unordered_map::emplace).
+class StrIndex {
+ public:
+  void reserve(std::size_t n) {
+    std::size_t cap = 16;
+    while (cap < 2 * n) cap <<= 1;
+    slots_.assign(cap, Slot{});
+    mask_ = cap - 1;
+  }
+  /// Returns false when the key was already there (its value is kept).
+  bool emplace(std::string_view k, std::int32_t v) {
+    if (2 * (size_ + 1) > slots_.size()) grow();
+    const std::uint64_t h = hash_bytes(k.data(), k.size());
+    for (std::size_t i = h & mask_;; i = (i + 1) & mask_) {
+      Slot& s = slots_[i];
+      if (s.len < 0) {
+        s = {h, static_cast<std::uint32_t>(arena_.size()), static_cast<std::int32_t>(k.size()), v};
+        arena_.append(k);
+        ++size_;
+        return true;
+      }
+      if (s.hash == h && key(s) == k) return false;
+    }
+  }
+  /// The value of `k`, or -1.
+  std::int32_t find(std::string_view k) const {
+    if (slots_.empty()) return -1;
+    const std::uint64_t h = hash_bytes(k.data(), k.size());
+    for (std::size_t i = h & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.len < 0) return -1;
+      if (s.hash == h && key(s) == k) return s.value;
+    }
+  }
+  std::size_t size() const { return size_; }
+
+ private:
+  struct Slot {
+    std::uint64_t hash = 0;
+    std::uint32_t off = 0;
+    std::int32_t len = -1;  // -1: empty
+    std::int32_t value = 0;
+  };
+  std::string_view key(const Slot& s) const {
+    return std::string_view(arena_).substr(s.off, static_cast<std::size_t>(s.len));
+  }
+  void grow() {
+    std::vector<Slot> old;
+    old.swap(slots_);
+    reserve(std::max<std::size_t>(16, old.size()));
+    for (const Slot& s : old) {
+      if (s.len < 0) continue;
+      for (std::size_t i = s.hash & mask_;; i = (i + 1) & mask_)
+        if (slots_[i].len < 0) {
+          slots_[i] = s;
+          break;
+        }
+    }
+  }
+  std::string arena_;
+  std::vector<Slot> slots_;
+  std::size_t mask_ = 0, size_ = 0;
+};
+
+/// (left id, right id) -> (merge rank, merged id), for byte-level BPE merges.
+class PairIndex {
+ public:
+  void reserve(std::size_t n) {
+    std::size_t cap = 16;
+    while (cap < 2 * n) cap <<= 1;
+    slots_.assign(cap, Slot{});
+    mask_ = cap - 1;
+  }
+  /// Keeps the first (lowest-rank) entry of a pair, as unordered_map::emplace.
+  void emplace(std::int32_t a, std::int32_t b, std::int32_t rank, std::int32_t id) {
+    const std::uint64_t k = key(a, b);
+    for (std::size_t i = mix64(k) & mask_;; i = (i + 1) & mask_) {
+      Slot& s = slots_[i];
+      if (s.rank < 0) {
+        s = {k, rank, id};
+        return;
+      }
+      if (s.key == k) return;
+    }
+  }
+  /// {rank, merged id}, or rank -1.
+  std::pair<std::int32_t, std::int32_t> find(std::int32_t a, std::int32_t b) const {
+    const std::uint64_t k = key(a, b);
+    for (std::size_t i = mix64(k) & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.rank < 0) return {-1, -1};
+      if (s.key == k) return {s.rank, s.id};
+    }
+  }
+
+ private:
+  static std::uint64_t key(std::int32_t a, std::int32_t b) {
+    return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) << 32) | static_cast<std::uint32_t>(b);
+  }
+  struct Slot {
+    std::uint64_t key = 0;
+    std::int32_t rank = -1, id = -1;
+  };
+  std::vector<Slot> slots_;
+  std::size_t mask_ = 0;
+};
+
+/// Pre-token (or SentencePiece word) -> its ids, bounded (cleared when full). Guarded by the
+/// owning tokenizer's mutex, taken once per encode call with try_lock: a call that finds it
+/// busy (another thread encoding) runs uncached, with the same ids. A slot (16 bytes) holds the
+/// hash and where the entry's key and ids lie, next to each other, in one arena; callers
+/// prefetch the slots and entries of the words a few places ahead (the table outgrows the CPU
+/// caches on varied text, and the lookups would otherwise wait on memory).
+class WordCache {
+ public:
+  static constexpr std::size_t kMaxKey = 64;
+  static std::uint64_t hash(std::string_view k) { return hash_bytes(k.data(), k.size()); }
+
+  void prefetch_slot(std::uint64_t h) const {
+    if (!slots_.empty()) __builtin_prefetch(&slots_[h & mask_]);
+  }
+  void prefetch_entry(std::uint64_t h) const {
+    if (slots_.empty()) return;
+    const Slot& s = slots_[h & mask_];
+    if (s.klen != kEmpty) __builtin_prefetch(arena_.data() + s.off);
+  }
+  bool find(std::string_view k, std::uint64_t h, std::vector<std::int64_t>& out) const {
+    if (slots_.empty()) return false;
+    for (std::size_t i = h & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.klen == kEmpty) return false;
+      if (s.hash == h && s.klen == k.size() && std::memcmp(arena_.data() + s.off, k.data(), k.size()) == 0) {
+        const char* p = arena_.data() + s.off + s.klen;
+        for (std::uint32_t j = 0; j < s.nids; ++j) {
+          std::int32_t id;
+          std::memcpy(&id, p + 4 * j, 4);
+          out.push_back(id);
+        }
+        return true;
+      }
+    }
+  }
+  void insert(std::string_view k, std::uint64_t h, const std::int64_t* ids, std::size_t n) {
+    if (k.size() > kMaxKey || n > kMaxKey) return;
+    if (size_ >= kMaxEntries) clear();
+    if (2 * (size_ + 1) > slots_.size()) grow();
+    std::size_t i = h & mask_;
+    for (;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.klen == kEmpty) break;
+      if (s.hash == h && s.klen == k.size() && std::memcmp(arena_.data() + s.off, k.data(), k.size()) == 0) return;
+    }
+    slots_[i] = {h, static_cast<std::uint32_t>(arena_.size()), static_cast<std::uint16_t>(k.size()),
+                 static_cast<std::uint16_t>(n)};
+    arena_.append(k);
+    for (std::size_t j = 0; j < n; ++j) {
+      const auto id = static_cast<std::int32_t>(ids[j]);
+      arena_.append(reinterpret_cast<const char*>(&id), 4);
+    }
+    ++size_;
+  }
+
+ private:
+  static constexpr std::uint16_t kEmpty = 0xFFFF;
+  static constexpr std::size_t kMaxEntries = std::size_t{1} << 20;
+  struct Slot {
+    std::uint64_t hash = 0;
+    std::uint32_t off = 0;
+    std::uint16_t klen = kEmpty, nids = 0;
+  };
+  void clear() {
+    std::fill(slots_.begin(), slots_.end(), Slot{});
+    arena_.clear();
+    size_ = 0;
+  }
+  void grow() {
+    std::vector<Slot> old;
+    old.swap(slots_);
+    const std::size_t cap = std::max<std::size_t>(std::size_t{1} << 14, 2 * old.size());
+    slots_.assign(cap, Slot{});
+    mask_ = cap - 1;
+    for (const Slot& s : old) {
+      if (s.klen == kEmpty) continue;
+      for (std::size_t i = s.hash & mask_;; i = (i + 1) & mask_)
+        if (slots_[i].klen == kEmpty) {
+          slots_[i] = s;
+          break;
+        }
+    }
+  }
+  std::vector<Slot> slots_;
+  std::string arena_;  // per entry: key bytes, then its ids as int32
+  std::size_t mask_ = 0, size_ = 0;
+};
+
+// Appends the ids of each word: from the cache when there (the slots and entries of later words
+// prefetched), else computed by `compute(word, out)` and cached. `hashes` is scratch space.
+template <class F>
+void encode_words(const std::vector<std::string_view>& words, WordCache* cache,
+                  std::vector<std::uint64_t>& hashes, std::vector<std::int64_t>& out, F&& compute) {
+  if (!cache) {
+    for (std::string_view p : words)
+      if (!p.empty()) compute(p, out);
+    return;
+  }
+  constexpr std::size_t kAhead = 8;
+  const std::size_t n = words.size();
+  hashes.resize(n);
+  for (std::size_t i = 0; i < n; ++i) hashes[i] = WordCache::hash(words[i]);
+  for (std::size_t i = 0; i < std::min(n, kAhead); ++i) cache->prefetch_slot(hashes[i]);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) cache->prefetch_slot(hashes[i + kAhead]);
+    if (i + kAhead / 2 < n) cache->prefetch_entry(hashes[i + kAhead / 2]);
+    const std::string_view p = words[i];
+    if (p.empty() || cache->find(p, hashes[i], out)) continue;
+    const std::size_t n0 = out.size();
+    compute(p, out);
+    cache->insert(p, hashes[i], out.data() + n0, out.size() - n0);
+  }
+}
 
 // HF ByteLevel's own regex (use_regex = true).
 const char* kGpt2Pattern =
@@ -329,23 +591,26 @@ class BpeTokenizer final : public Tokenizer {
  public:
   explicit BpeTokenizer(TokenizerData d) : Tokenizer(std::move(d)) {
     vocab_.reserve(d_.tokens.size());
-    for (std::size_t i = 0; i < d_.tokens.size(); ++i)
+    raw_vocab_.reserve(d_.tokens.size());
+    std::string raw;
+    for (std::size_t i = 0; i < d_.tokens.size(); ++i) {
       vocab_.emplace(d_.tokens[i], static_cast<std::int32_t>(i));
-    for (int b = 0; b < 256; ++b) {
-      auto it = vocab_.find(byte_to_str()[b]);
-      byte_id_[b] = it == vocab_.end() ? -1 : it->second;
+      // The same token keyed by its raw bytes (byte-to-unicode undone), for ignore_merges:
+      // mapped(piece) == token exactly when piece == unmapped(token), the map being a bijection.
+      if (unmap(d_.tokens[i], raw)) raw_vocab_.emplace(raw, static_cast<std::int32_t>(i));
     }
+    for (int b = 0; b < 256; ++b) byte_id_[b] = vocab_.find(byte_to_str()[b]);
     merges_.reserve(d_.merges.size());
     for (std::size_t r = 0; r < d_.merges.size(); ++r) {
       const std::string& m = d_.merges[r];
       const auto sp = m.find(' ');
       KVLAB_THROW_IF(sp == std::string::npos, FormatError,
                      "tokenizer merge {} \"{}\" is not \"left right\"", r, m);
-      const auto a = vocab_.find(m.substr(0, sp)), b = vocab_.find(m.substr(sp + 1));
-      const auto c = vocab_.find(m.substr(0, sp) + m.substr(sp + 1));
-      if (a == vocab_.end() || b == vocab_.end() || c == vocab_.end()) continue;  // as HF: unusable
-      merges_.emplace(key(a->second, b->second),
-                      std::make_pair(static_cast<std::int32_t>(r), c->second));
+      const std::int32_t a = vocab_.find(std::string_view(m).substr(0, sp));
+      const std::int32_t b = vocab_.find(std::string_view(m).substr(sp + 1));
+      const std::int32_t c = vocab_.find(m.substr(0, sp) + m.substr(sp + 1));
+      if (a < 0 || b < 0 || c < 0) continue;  // as HF: unusable
+      merges_.emplace(a, b, static_cast<std::int32_t>(r), c);
     }
     special_.assign(d_.tokens.size(), 0);
     for (const auto& a : d_.added) {
@@ -356,20 +621,21 @@ class BpeTokenizer final : public Tokenizer {
     }
     added_.build(d_.added);
     for (const auto& s : d_.pre_tokenizer) {
-      Step st{s.kind, s.behavior, s.add_prefix_space, nullptr};
+      Step st{s.kind, Behavior::isolated, s.add_prefix_space, s.individual_digits, nullptr};
       if (s.kind == PreTokenizerStep::Kind::split) {
-        KVLAB_THROW_IF(s.behavior != "isolated" && s.behavior != "removed" &&
-                           s.behavior != "merged_with_previous" && s.behavior != "merged_with_next" &&
-                           s.behavior != "contiguous",
-                       FormatError, "tokenizer: Split behavior \"{}\" is not supported", s.behavior);
+        st.behavior = s.behavior == "isolated"               ? Behavior::isolated
+                      : s.behavior == "removed"              ? Behavior::removed
+                      : s.behavior == "merged_with_previous" ? Behavior::merged_with_previous
+                      : s.behavior == "merged_with_next"     ? Behavior::merged_with_next
+                      : s.behavior == "contiguous"           ? Behavior::contiguous
+                                                             : Behavior::unknown;
+        KVLAB_THROW_IF(st.behavior == Behavior::unknown, FormatError,
+                       "tokenizer: Split behavior \"{}\" is not supported", s.behavior);
         st.re = std::make_shared<Regex>(s.pattern);
       } else if (s.kind == PreTokenizerStep::Kind::byte_level) {
         if (s.use_regex) st.re = std::make_shared<Regex>(kGpt2Pattern);
-        st.behavior = "isolated";
-      } else {
+      } else {  // digits: ASCII pieces split by hand (\p{N} is [0-9] there), others by PCRE2
         st.re = std::make_shared<Regex>(s.individual_digits ? "\\p{N}" : "\\p{N}+");
-        st.behavior = "isolated";
-        st.kind = PreTokenizerStep::Kind::split;
       }
       steps_.push_back(std::move(st));
     }
@@ -378,29 +644,45 @@ class BpeTokenizer final : public Tokenizer {
   }
 
   void encode_append(std::string_view text, std::vector<std::int64_t>& out) const override {
+    // The word cache for the whole call (skipped when another thread holds it).
+    std::unique_lock<std::mutex> lk(cache_mu_, std::try_to_lock);
+    WordCache* cache = lk.owns_lock() ? &cache_ : nullptr;
     std::vector<AddedMatcher::Segment> segs;
     if (added_.empty()) segs.push_back({text, -1});
     else added_.split(text, segs);
-    std::vector<std::string> pieces, next;
+    std::vector<std::string_view> pieces, next;
+    std::deque<std::string> owned;  // pieces given a prefix space
+    Work w;
     for (const auto& sg : segs) {
       if (sg.token >= 0) {
         out.push_back(sg.token);
         continue;
       }
+      std::string normalized;
+      std::string_view base = sg.text;
+      if (d_.normalizer == "nfc") {
+        normalized = nfc(sg.text);
+        base = normalized;
+      }
       pieces.clear();
-      pieces.emplace_back(d_.normalizer == "nfc" ? nfc(sg.text) : std::string(sg.text));
+      pieces.push_back(base);
       for (const Step& st : steps_) {
         next.clear();
-        for (std::string& p : pieces) {
+        for (std::string_view p : pieces) {
           if (st.kind == PreTokenizerStep::Kind::byte_level && st.add_prefix_space &&
-              (p.empty() || p[0] != ' '))
-            p.insert(p.begin(), ' ');
-          if (st.re) split(*st.re, st.behavior, p, next);
-          else next.push_back(std::move(p));
+              (p.empty() || p[0] != ' ')) {
+            owned.push_back(" " + std::string(p));
+            p = owned.back();
+          }
+          if (st.kind == PreTokenizerStep::Kind::digits) split_digits(st, p, next);
+          else if (st.re) split(*st.re, st.behavior, p, next);
+          else next.push_back(p);
         }
         pieces.swap(next);
       }
-      for (const std::string& p : pieces) word(p, out);
+      encode_words(pieces, cache, w.hashes, out,
+                   [&](std::string_view p, std::vector<std::int64_t>& o) { bpe(p, o, w); });
+      owned.clear();
     }
   }
 
@@ -429,92 +711,127 @@ class BpeTokenizer final : public Tokenizer {
   bool lossless() const override { return d_.normalizer.empty(); }
 
  private:
+  enum class Behavior { isolated, removed, merged_with_previous, merged_with_next, contiguous, unknown };
   struct Step {
     PreTokenizerStep::Kind kind;
-    std::string behavior;
+    Behavior behavior;
     bool add_prefix_space;
+    bool individual_digits;
     std::shared_ptr<Regex> re;
   };
-  static std::uint64_t key(std::int32_t a, std::int32_t b) {
-    return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) << 32) | static_cast<std::uint32_t>(b);
+  // Scratch space of one encode call, reused for every word.
+  struct Sym {
+    std::int32_t id, prev, next;
+  };
+  struct Cand {
+    std::int32_t rank, pos, new_id;
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  struct Work {
+    std::vector<Sym> sy;
+    std::vector<Cand> heap;
+    std::vector<std::uint64_t> hashes;
+  };
+
+  // Token string (byte-to-unicode form) -> raw bytes; false when a character is not one of the
+  // 256 byte characters (such a token never equals a mapped piece).
+  static bool unmap(const std::string& t, std::string& raw) {
+    raw.clear();
+    for (std::size_t k = 0; k < t.size();) {
+      const std::uint32_t cp = utf8_next(t, k);
+      auto it = cp_to_byte().find(cp);
+      if (it == cp_to_byte().end()) return false;
+      raw.push_back(static_cast<char>(it->second));
+    }
+    return true;
   }
 
-  static void split(const Regex& re, const std::string& behavior, const std::string& p,
-                    std::vector<std::string>& out) {
-    std::size_t last = 0;
-    const std::string_view s(p);
+  // Split with behaviour `b`: the pieces of p as views into p.
+  static void split(const Regex& re, Behavior b, std::string_view p, std::vector<std::string_view>& out) {
+    if (b == Behavior::isolated) {  // the common case: matches and the text between them
+      std::size_t last = 0;
+      re.for_each(p, [&](std::size_t mb, std::size_t me) {
+        if (mb > last) out.push_back(p.substr(last, mb - last));
+        out.push_back(p.substr(mb, me - mb));
+        last = me;
+      });
+      if (last < p.size()) out.push_back(p.substr(last));
+      return;
+    }
     // pieces as (begin, end, is_match)
-    std::vector<std::tuple<std::size_t, std::size_t, bool>> parts;
-    re.for_each(s, [&](std::size_t b, std::size_t e) {
-      if (b > last) parts.emplace_back(last, b, false);
-      parts.emplace_back(b, e, true);
-      last = e;
+    thread_local std::vector<std::tuple<std::size_t, std::size_t, bool>> parts;
+    parts.clear();
+    std::size_t last = 0;
+    re.for_each(p, [&](std::size_t mb, std::size_t me) {
+      if (mb > last) parts.emplace_back(last, mb, false);
+      parts.emplace_back(mb, me, true);
+      last = me;
     });
-    if (last < s.size()) parts.emplace_back(last, s.size(), false);
-    if (behavior == "isolated") {
-      for (auto& [b, e, m] : parts) out.emplace_back(p, b, e - b);
-    } else if (behavior == "removed") {
-      for (auto& [b, e, m] : parts)
-        if (!m) out.emplace_back(p, b, e - b);
-    } else if (behavior == "contiguous") {
+    if (last < p.size()) parts.emplace_back(last, p.size(), false);
+    auto put = [&](std::size_t x, std::size_t y) { out.push_back(p.substr(x, y - x)); };
+    if (b == Behavior::removed) {
+      for (auto& [x, y, m] : parts)
+        if (!m) put(x, y);
+    } else if (b == Behavior::contiguous) {
       // consecutive matches merge into one piece
       std::size_t cb = 0, ce = 0;
       bool open = false;
-      for (auto& [b, e, m] : parts) {
-        if (m && open && b == ce) { ce = e; continue; }
-        if (open) out.emplace_back(p, cb, ce - cb), open = false;
-        if (m) cb = b, ce = e, open = true;
-        else out.emplace_back(p, b, e - b);
+      for (auto& [x, y, m] : parts) {
+        if (m && open && x == ce) { ce = y; continue; }
+        if (open) put(cb, ce), open = false;
+        if (m) cb = x, ce = y, open = true;
+        else put(x, y);
       }
-      if (open) out.emplace_back(p, cb, ce - cb);
-    } else if (behavior == "merged_with_previous") {
+      if (open) put(cb, ce);
+    } else if (b == Behavior::merged_with_previous) {
       std::size_t cb = 0;
-      for (auto& [b, e, m] : parts)
-        if (m) out.emplace_back(p, cb, e - cb), cb = e;
-      if (cb < s.size()) out.emplace_back(p, cb, s.size() - cb);
+      for (auto& [x, y, m] : parts)
+        if (m) put(cb, y), cb = y;
+      if (cb < p.size()) put(cb, p.size());
     } else {  // merged_with_next
       std::size_t cb = 0;
-      for (auto& [b, e, m] : parts)
-        if (m && b > cb) out.emplace_back(p, cb, b - cb), cb = b;
-      if (cb < s.size()) out.emplace_back(p, cb, s.size() - cb);
+      for (auto& [x, y, m] : parts)
+        if (m && x > cb) put(cb, x), cb = x;
+      if (cb < p.size()) put(cb, p.size());
     }
   }
 
-  void word(const std::string& p, std::vector<std::int64_t>& out) const {
-    if (p.empty()) return;
-    if (p.size() <= 48) {
-      std::lock_guard<std::mutex> lk(cache_mu_);
-      auto it = cache_.find(p);
-      if (it != cache_.end()) {
-        out.insert(out.end(), it->second.begin(), it->second.end());
+  // HF Digits: \p{N} isolated, one by one or in runs. For ASCII text \p{N} is exactly [0-9], so
+  // such pieces are split by hand; a piece with any non-ASCII byte goes through PCRE2.
+  static void split_digits(const Step& st, std::string_view p, std::vector<std::string_view>& out) {
+    for (char c : p)
+      if (static_cast<unsigned char>(c) >= 0x80) {
+        split(*st.re, Behavior::isolated, p, out);
         return;
       }
+    std::size_t last = 0;
+    for (std::size_t i = 0; i < p.size();) {
+      if (p[i] < '0' || p[i] > '9') {
+        ++i;
+        continue;
+      }
+      std::size_t e = i + 1;
+      if (!st.individual_digits)
+        while (e < p.size() && p[e] >= '0' && p[e] <= '9') ++e;
+      if (i > last) out.push_back(p.substr(last, i - last));
+      out.push_back(p.substr(i, e - i));
+      last = i = e;
     }
-    std::vector<std::int32_t> ids;
-    bpe(p, ids);
-    out.insert(out.end(), ids.begin(), ids.end());
-    if (p.size() <= 48) {
-      std::lock_guard<std::mutex> lk(cache_mu_);
-      if (cache_.size() > 200000) cache_.clear();
-      cache_.emplace(p, std::move(ids));
-    }
+    if (last < p.size()) out.push_back(p.substr(last));
   }
 
-  void bpe(const std::string& p, std::vector<std::int32_t>& ids) const {
+  // Merges by rank, lowest first and leftmost among equals: a heap of candidate pairs over a
+  // linked list of symbols; a popped pair is used only if both symbols still exist unchanged.
+  void bpe(std::string_view p, std::vector<std::int64_t>& out, Work& w) const {
     if (d_.ignore_merges) {
-      std::string mapped;
-      for (unsigned char c : p) mapped += byte_to_str()[c];
-      auto it = vocab_.find(mapped);
-      if (it != vocab_.end()) {
-        ids.push_back(it->second);
+      const std::int32_t id = raw_vocab_.find(p);
+      if (id >= 0) {
+        out.push_back(id);
         return;
       }
     }
-    struct Sym {
-      std::int32_t id, prev, next;
-    };
-    std::vector<Sym> sy;
-    sy.reserve(p.size());
+    auto& sy = w.sy;
+    sy.clear();
     for (unsigned char c : p) {
       const std::int32_t id = byte_id_[c];
       KVLAB_THROW_IF(id < 0 && d_.unk_id < 0, FormatError,
@@ -524,17 +841,19 @@ class BpeTokenizer final : public Tokenizer {
       sy.push_back({id < 0 ? static_cast<std::int32_t>(d_.unk_id) : id, n - 1, n + 1});
     }
     sy.back().next = -1;
-    struct Cand {
-      std::int32_t rank, pos, new_id;
-      bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
-    };
-    std::vector<Cand> heap;
+    if (sy.size() == 1) {
+      out.push_back(sy[0].id);
+      return;
+    }
+    auto& heap = w.heap;
+    heap.clear();
     auto push = [&](std::int32_t pos) {
+      if (pos < 0) return;
       const std::int32_t nx = sy[static_cast<std::size_t>(pos)].next;
-      if (pos < 0 || nx < 0) return;
-      auto it = merges_.find(key(sy[static_cast<std::size_t>(pos)].id, sy[static_cast<std::size_t>(nx)].id));
-      if (it == merges_.end()) return;
-      heap.push_back({it->second.first, pos, it->second.second});
+      if (nx < 0) return;
+      const auto [rank, id] = merges_.find(sy[static_cast<std::size_t>(pos)].id, sy[static_cast<std::size_t>(nx)].id);
+      if (rank < 0) return;
+      heap.push_back({rank, pos, id});
       std::push_heap(heap.begin(), heap.end(), std::greater<Cand>());
     };
     for (std::int32_t i = 0; i + 1 < static_cast<std::int32_t>(sy.size()); ++i) push(i);
@@ -545,8 +864,8 @@ class BpeTokenizer final : public Tokenizer {
       Sym& a = sy[static_cast<std::size_t>(c.pos)];
       if (a.id < 0 || a.next < 0) continue;  // merged away / last symbol
       Sym& b = sy[static_cast<std::size_t>(a.next)];
-      auto it = merges_.find(key(a.id, b.id));
-      if (it == merges_.end() || it->second.second != c.new_id) continue;  // stale
+      const auto [rank, id] = merges_.find(a.id, b.id);
+      if (rank != c.rank || id != c.new_id) continue;  // stale
       a.id = c.new_id;
       const std::int32_t bn = b.next;
       b.id = -1;
@@ -556,17 +875,17 @@ class BpeTokenizer final : public Tokenizer {
       push(c.pos);
     }
     for (std::int32_t i = 0; i >= 0; i = sy[static_cast<std::size_t>(i)].next)
-      ids.push_back(sy[static_cast<std::size_t>(i)].id);
+      out.push_back(sy[static_cast<std::size_t>(i)].id);
   }
 
-  std::unordered_map<std::string, std::int32_t> vocab_;
-  std::unordered_map<std::uint64_t, std::pair<std::int32_t, std::int32_t>> merges_;
+  StrIndex vocab_, raw_vocab_;
+  PairIndex merges_;
   std::array<std::int32_t, 256> byte_id_{};
   std::vector<std::uint8_t> special_;  // 0 normal, 1 added, 2 added special
   AddedMatcher added_;
   std::vector<Step> steps_;
   mutable std::mutex cache_mu_;
-  mutable std::unordered_map<std::string, std::vector<std::int32_t>> cache_;
+  mutable WordCache cache_;
 };
 
 // ---------------------------------------------------------------------- SentencePiece --
@@ -594,16 +913,20 @@ class SpmTokenizer final : public Tokenizer {
     unk_ = p.unk_id;
     types_ = p.types;
     pieces_ = p.pieces;
+    space_ = escape_ws_ ? "\xE2\x96\x81" : " ";  // U+2581
+    mergeable_.reserve(p.pieces.size());
+    all_.reserve(p.pieces.size());
+    words_ok_ = true;
     for (std::size_t i = 0; i < p.pieces.size(); ++i) {
       const int t = p.types[i];
-      if (t == 1 || t == 4 || t == 5) mergeable_.emplace(p.pieces[i], static_cast<std::int32_t>(i));
+      if (t == 1 || t == 4 || t == 5) {
+        mergeable_.emplace(p.pieces[i], static_cast<std::int32_t>(i));
+        if (space_after_text(p.pieces[i])) words_ok_ = false;
+      }
       all_.emplace(p.pieces[i], static_cast<std::int32_t>(i));
       scores_.push_back(p.scores[i]);
     }
-    for (int b = 0; b < 256; ++b) {
-      auto it = all_.find(fmt::format("<0x{:02X}>", b));
-      byte_[b] = it == all_.end() ? -1 : it->second;
-    }
+    for (int b = 0; b < 256; ++b) byte_[b] = all_.find(fmt::format("<0x{:02X}>", b));
     std::vector<std::int64_t> whole, parts;
     encode_append("Abc def", whole);
     encode_append("Abc", parts);
@@ -613,85 +936,47 @@ class SpmTokenizer final : public Tokenizer {
 
   void encode_append(std::string_view text, std::vector<std::int64_t>& out) const override {
     if (text.empty()) return;
-    std::string s;
     std::string_view t = text;
     if (remove_extra_ws_) {
       while (!t.empty() && t.front() == ' ') t.remove_prefix(1);
       while (!t.empty() && t.back() == ' ') t.remove_suffix(1);
       if (t.empty()) return;
     }
-    static const std::string kSpace = "\xE2\x96\x81";  // U+2581
-    if (add_dummy_prefix_) s += escape_ws_ ? kSpace : " ";
+    std::string s;
+    s.reserve(t.size() + t.size() / 4 + 3);
+    if (add_dummy_prefix_) s += space_;
     for (std::size_t i = 0; i < t.size(); ++i) {
       if (t[i] == ' ') {
         if (remove_extra_ws_ && i > 0 && t[i - 1] == ' ') continue;
-        s += escape_ws_ ? kSpace : " ";
+        s += space_;
       } else {
         s.push_back(t[i]);
       }
     }
-    // symbols = UTF-8 characters
-    struct Sym {
-      std::size_t b, n;
-      std::int32_t prev, next;
-    };
-    std::vector<Sym> sy;
-    for (std::size_t i = 0; i < s.size();) {
-      std::size_t j = i;
-      utf8_next(s, j);
-      const auto k = static_cast<std::int32_t>(sy.size());
-      sy.push_back({i, j - i, k - 1, k + 1});
-      i = j;
+    Work w;
+    if (!words_ok_) {
+      bpe(s, out, w);
+      return;
     }
-    sy.back().next = -1;
-    struct Cand {
-      float score;
-      std::int32_t left, right;
-      std::size_t len;
-    };
-    auto worse = [](const Cand& a, const Cand& b) {
-      return a.score < b.score || (a.score == b.score && a.left > b.left);
-    };
-    std::vector<Cand> heap;
-    auto push = [&](std::int32_t l, std::int32_t r) {
-      if (l < 0 || r < 0) return;
-      const Sym& a = sy[static_cast<std::size_t>(l)];
-      const Sym& b = sy[static_cast<std::size_t>(r)];
-      auto it = mergeable_.find(std::string_view(s).substr(a.b, a.n + b.n));
-      if (it == mergeable_.end()) return;
-      heap.push_back({scores_[static_cast<std::size_t>(it->second)], l, r, a.n + b.n});
-      std::push_heap(heap.begin(), heap.end(), worse);
-    };
-    for (std::int32_t i = 0; i + 1 < static_cast<std::int32_t>(sy.size()); ++i) push(i, i + 1);
-    while (!heap.empty()) {
-      std::pop_heap(heap.begin(), heap.end(), worse);
-      const Cand c = heap.back();
-      heap.pop_back();
-      Sym& a = sy[static_cast<std::size_t>(c.left)];
-      Sym& b = sy[static_cast<std::size_t>(c.right)];
-      if (a.n == 0 || b.n == 0 || a.n + b.n != c.len || a.next != c.right) continue;  // stale
-      a.n += b.n;
-      b.n = 0;
-      a.next = b.next;
-      if (b.next >= 0) sy[static_cast<std::size_t>(b.next)].prev = c.left;
-      push(a.prev, c.left);
-      push(c.left, a.next);
+    // Words: a run of spaces and the text up to the next space. No mergeable piece has a space
+    // after other text (checked at load), so no symbol ever spans two words and the merges of
+    // one word never depend on another's: BPE word by word gives the ids of BPE over the whole.
+    std::unique_lock<std::mutex> lk(cache_mu_, std::try_to_lock);
+    WordCache* cache = lk.owns_lock() ? &cache_ : nullptr;
+    const std::string_view sv(s);
+    const std::size_t n = space_.size();
+    std::vector<std::string_view> words;
+    for (std::size_t b = 0; b < sv.size();) {
+      std::size_t e = b;
+      while (e < sv.size() && sv.compare(e, n, space_) == 0) e += n;  // leading spaces
+      e = sv.find(space_, e);
+      if (e == std::string_view::npos) e = sv.size();
+      words.push_back(sv.substr(b, e - b));
+      b = e;
     }
-    for (std::int32_t i = 0; i >= 0; i = sy[static_cast<std::size_t>(i)].next) {
-      const Sym& x = sy[static_cast<std::size_t>(i)];
-      const std::string_view piece = std::string_view(s).substr(x.b, x.n);
-      auto it = all_.find(piece);
-      if (it != all_.end() && types_[static_cast<std::size_t>(it->second)] != 3) {
-        out.push_back(it->second);
-      } else if (byte_fallback_) {
-        for (unsigned char ch : piece) {
-          KVLAB_THROW_IF(byte_[ch] < 0, FormatError, "tokenizer ({}): no byte piece <0x{:02X}>", d_.source, ch);
-          out.push_back(byte_[ch]);
-        }
-      } else {
-        out.push_back(unk_);
-      }
-    }
+    std::vector<std::uint64_t> hashes;
+    encode_words(words, cache, hashes, out,
+                 [&](std::string_view word, std::vector<std::int64_t>& o) { bpe(word, o, w); });
   }
   void encode_continuation(std::string_view text, std::vector<std::int64_t>& out) const override {
     if (!text.empty() && text[0] == ' ') text.remove_prefix(1);
@@ -729,22 +1014,107 @@ class SpmTokenizer final : public Tokenizer {
   }
 
  private:
-  // C++17 unordered_map has no heterogeneous lookup: key by std::string, look up by a temporary.
-  struct Map {
-    std::unordered_map<std::string, std::int32_t> m;
-    void emplace(const std::string& k, std::int32_t v) { m.emplace(k, v); }
-    using It = std::unordered_map<std::string, std::int32_t>::const_iterator;
-    It find(std::string_view k) const { return m.find(std::string(k)); }
-    It end() const { return m.end(); }
+  struct Sym {
+    std::uint32_t b, n;
+    std::int32_t prev, next;
   };
-  Map mergeable_, all_;
+  struct Cand {
+    float score;
+    std::int32_t left, right;
+    std::uint32_t len;
+  };
+  struct Work {
+    std::vector<Sym> sy;
+    std::vector<Cand> heap;
+  };
+
+  // True when the piece has the space symbol after some other text ("a▁b", "x▁").
+  bool space_after_text(std::string_view piece) const {
+    bool text = false;
+    for (std::size_t i = 0; i < piece.size();) {
+      if (piece.compare(i, space_.size(), space_) == 0) {
+        if (text) return true;
+        i += space_.size();
+      } else {
+        text = true;
+        ++i;
+      }
+    }
+    return false;
+  }
+
+  // SentencePiece BPE over s: symbols start as UTF-8 characters; repeatedly merge the adjacent
+  // pair whose concatenation is a mergeable piece of the highest score (ties: leftmost).
+  void bpe(std::string_view s, std::vector<std::int64_t>& out, Work& w) const {
+    if (s.empty()) return;
+    auto& sy = w.sy;
+    sy.clear();
+    for (std::size_t i = 0; i < s.size();) {
+      std::size_t j = i;
+      utf8_next(s, j);
+      const auto k = static_cast<std::int32_t>(sy.size());
+      sy.push_back({static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(j - i), k - 1, k + 1});
+      i = j;
+    }
+    sy.back().next = -1;
+    auto worse = [](const Cand& a, const Cand& b) {
+      return a.score < b.score || (a.score == b.score && a.left > b.left);
+    };
+    auto& heap = w.heap;
+    heap.clear();
+    auto push = [&](std::int32_t l, std::int32_t r) {
+      if (l < 0 || r < 0) return;
+      const Sym& a = sy[static_cast<std::size_t>(l)];
+      const Sym& b = sy[static_cast<std::size_t>(r)];
+      const std::int32_t id = mergeable_.find(s.substr(a.b, a.n + b.n));
+      if (id < 0) return;
+      heap.push_back({scores_[static_cast<std::size_t>(id)], l, r, a.n + b.n});
+      std::push_heap(heap.begin(), heap.end(), worse);
+    };
+    for (std::int32_t i = 0; i + 1 < static_cast<std::int32_t>(sy.size()); ++i) push(i, i + 1);
+    while (!heap.empty()) {
+      std::pop_heap(heap.begin(), heap.end(), worse);
+      const Cand c = heap.back();
+      heap.pop_back();
+      Sym& a = sy[static_cast<std::size_t>(c.left)];
+      Sym& b = sy[static_cast<std::size_t>(c.right)];
+      if (a.n == 0 || b.n == 0 || a.n + b.n != c.len || a.next != c.right) continue;  // stale
+      a.n += b.n;
+      b.n = 0;
+      a.next = b.next;
+      if (b.next >= 0) sy[static_cast<std::size_t>(b.next)].prev = c.left;
+      push(a.prev, c.left);
+      push(c.left, a.next);
+    }
+    for (std::int32_t i = 0; i >= 0; i = sy[static_cast<std::size_t>(i)].next) {
+      const Sym& x = sy[static_cast<std::size_t>(i)];
+      const std::string_view piece = s.substr(x.b, x.n);
+      const std::int32_t id = all_.find(piece);
+      if (id >= 0 && types_[static_cast<std::size_t>(id)] != 3) {
+        out.push_back(id);
+      } else if (byte_fallback_) {
+        for (unsigned char ch : piece) {
+          KVLAB_THROW_IF(byte_[ch] < 0, FormatError, "tokenizer ({}): no byte piece <0x{:02X}>", d_.source, ch);
+          out.push_back(byte_[ch]);
+        }
+      } else {
+        out.push_back(unk_);
+      }
+    }
+  }
+
+  StrIndex mergeable_, all_;
   std::vector<std::string> pieces_;
   std::vector<int> types_;
   std::vector<float> scores_;
   std::array<std::int32_t, 256> byte_{};
+  std::string space_;
   bool add_dummy_prefix_ = true, remove_extra_ws_ = false, escape_ws_ = true, byte_fallback_ = false;
+  bool words_ok_ = false;  // BPE word by word is exact (see encode_append)
   std::int64_t unk_ = 0;
   bool stream_ok_ = false;
+  mutable std::mutex cache_mu_;
+  mutable WordCache cache_;
 };
 
 }  // namespace

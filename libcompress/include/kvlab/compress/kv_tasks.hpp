@@ -20,6 +20,7 @@
 #include "kvlab/core/progress.hpp"
 #include "kvlab/llm/data.hpp"
 #include "kvlab/llm/model.hpp"
+#include "kvlab/llm/tokenizer.hpp"
 
 namespace kvlab::compress {
 
@@ -27,6 +28,10 @@ struct RetrievalOptions {
   std::vector<std::int64_t> context_lengths = {1024};  ///< prompt tokens (BOS included)
   std::vector<double> depths = {0.1, 0.5, 0.9};        ///< needle position as a fraction of the haystack
   std::int64_t samples = 4;                            ///< per (context length, depth)
+  /// When set, every retrieval run (re)writes this JSONL file: one line per sample with its
+  /// context, depth, key, prompt_ids, answer_ids, output_ids, output_text and correct (the last
+  /// method/budget run leaves its outputs), so other runtimes can be scored on the same prompts.
+  std::string prompts_path;
 };
 
 struct PplOptions {
@@ -78,12 +83,18 @@ struct KvTaskInputs {
   std::function<std::vector<std::int64_t>(const std::string&)> encode;
   std::function<std::string(const std::vector<std::int64_t>&)> decode;
   std::int64_t bos = -1;  ///< prepended to built prompts when >= 0
+  /// The model's own tokenizer, for models that are not byte-level (null for byte-level models).
+  /// When set, retrieval and long-gen build their prompts as text (filler text decoded from the
+  /// data file's tokens and cut at word boundaries, the key sentence and question as text) and
+  /// encode the whole prompt at once, so the model sees its own natural tokenisation; answers are
+  /// checked on the decoded text.
+  std::shared_ptr<const llm::Tokenizer> tokenizer;
 };
 
 /// Builds the inputs for `model` (read from the artifact `model_path`): the text/token file through
 /// llm::read_model_data (empty path: none), the JSONL prompts (empty path: none), and the text
-/// codec (raw bytes for byte-level models; none otherwise until the model's tokenizer can
-/// encode in libllm).
+/// codec (raw bytes for byte-level models; otherwise the artifact's /tokenizer, with BOS as the
+/// tokenizer's convention says, as `generate` encodes prompts; none when it has no tokenizer).
 KvTaskInputs load_kv_task_inputs(const llm::Model& model, const std::string& model_path,
                                  const std::string& data_path, const llm::TokenFileOptions& data_opt,
                                  const std::string& jsonl_path);
@@ -137,11 +148,22 @@ TaskOutcome run_kv_task(const std::string& task, const llm::Model& model, const 
 /// The fixture's pass-key prompt (scripts/train-fixture.py): haystack[:depth] + " The pass key is
 /// K. Remember it. K is the pass key. " + haystack[depth:] + "\nWhat is the pass key? The pass
 /// key is ", BOS first, `context` tokens in all; the answer is the key's ids.
+/// With a tokenizer (KvTaskInputs::tokenizer) the prompt is text: filler words[:depth] + " The
+/// pass key is K. Remember it. K is the pass key." + words[depth:] + "\nWhat is the pass key? The
+/// pass key is", encoded at once (BOS by the tokenizer's convention), exactly `context` tokens
+/// (the number of filler words, and if needed the first word, chosen to fit); the answer is the
+/// ids of " K" and a trial is correct when the decoded output, leading spaces dropped, starts with
+/// K not followed by another digit.
 struct RetrievalSample {
   std::vector<std::int64_t> prompt, answer;
   std::int64_t context = 0;
   double depth = 0;
+  std::string key;        ///< the 5 digits
+  bool text_mode = false; ///< built through the tokenizer (answer checked on decoded text)
 };
+/// Whether `output` (decoded generated text) answers `key`: leading whitespace dropped, it starts
+/// with the key and the next character is not a digit.
+bool text_answer_correct(const std::string& output, const std::string& key);
 std::vector<RetrievalSample> make_retrieval_samples(const KvTaskInputs& in, const RetrievalOptions& o,
                                                     std::uint64_t seed);
 
