@@ -201,16 +201,17 @@ void lif_scan(const at::Tensor& x, const at::Tensor& bias, at::Tensor u_out, at:
   if (impl == ScanImpl::fused && cpu_fast(x) && cpu_fast(u_out) && cpu_fast(s_out) &&
       cpu_fast(cU) && cpu_fast(cS) && (!bias.defined() || cpu_fast(bias))) {
     const std::int64_t BN = x.numel() / std::max<std::int64_t>(T, 1);
-    const std::int64_t N = cU.size(-1);
+    // The bias per (batch, neuron), so the inner loop indexes it like the carries.
+    const at::Tensor bias_bn = bias.defined() ? bias.expand(cU.sizes()).contiguous() : at::Tensor();
     const float* X = x.data_ptr<float>();
-    const float* Bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    const float* Bias = bias_bn.defined() ? bias_bn.data_ptr<float>() : nullptr;
     float *U = u_out.data_ptr<float>(), *S = s_out.data_ptr<float>();
     float *pU = cU.data_ptr<float>(), *pS = cS.data_ptr<float>();
     at::parallel_for(0, BN, kGrain, [&](std::int64_t j0, std::int64_t j1) {
       for (std::int64_t t = 0; t < T; ++t) {
         const std::int64_t o = t * BN;
         for (std::int64_t j = j0; j < j1; ++j) {
-          const float xin = Bias ? X[o + j] + Bias[j % N] : X[o + j];
+          const float xin = Bias ? X[o + j] + Bias[j] : X[o + j];
           const float u = beta * pU[j] + xin - th * pS[j];
           const float s = u > th ? 1.f : 0.f;
           U[o + j] = u;
