@@ -220,6 +220,16 @@ TEST_CASE("prune: the batched search picks exactly what the plain search picks, 
     CHECK(all.rescored == (metric == PruneMetric::sleb ? 6 + 5 + 4 : 6));
     // ... which costs what the cached search ran once more, less the dense pass (8).
     CHECK(all.block_forwards == 2 * cached.block_forwards - 8);
+    // Tolerance 0: any deviation seen on a re-scored winner makes its round fall back to
+    // scoring every candidate alone; the picks stay the same.
+    o.batch_candidates = 6;
+    o.tie_tolerance = 0;
+    const auto strict = compress::select_blocks(model, windows, o, np);
+    CHECK(strict.removed == plain.removed);
+    CHECK(strict.rescored >= (metric == PruneMetric::sleb ? 3 : 1));
+    CHECK((strict.max_batch_deviation > 0) == (strict.fallback_rounds > 0));
+    if (strict.fallback_rounds == rounds)
+      CHECK(strict.rescored == (metric == PruneMetric::sleb ? 6 + 5 + 4 : 6));
     o.tie_tolerance = 1e-4;
   }
 }
