@@ -488,16 +488,23 @@ void greedy_search(Runner& run, std::int64_t k, const PruneOptions& o, bool one_
         for (std::int64_t j = lo; j < hi; ++j)
           if (!exact[static_cast<std::size_t>(j)]) rescore(j);
       }
-      // The pick (lowest loss, lowest index on ties) must be a re-scored candidate; with the
-      // premise above it always is, but a candidate that is not is re-scored rather than trusted.
+      // The picks (the K lowest losses, lowest index on ties; K = 1 for SLEB) must be re-scored
+      // candidates; with the premise above they always are, but one that is not is re-scored
+      // rather than trusted, and the order taken again.
       for (;;) {
-        std::int64_t pick = -1;
-        for (std::int64_t j = lo; j < hi; ++j) {
-          const double v = val[static_cast<std::size_t>(j)];
-          if (std::isfinite(v) && (pick < 0 || v < val[static_cast<std::size_t>(pick)])) pick = j;
-        }
-        if (pick < 0 || exact[static_cast<std::size_t>(pick)]) break;
-        rescore(pick);
+        std::vector<std::pair<double, std::int64_t>> order;
+        for (std::int64_t j = lo; j < hi; ++j)
+          if (std::isfinite(val[static_cast<std::size_t>(j)]))
+            order.emplace_back(val[static_cast<std::size_t>(j)], j);
+        std::sort(order.begin(), order.end());
+        std::int64_t stray = -1;
+        for (std::size_t q = 0; q < order.size() && static_cast<std::int64_t>(q) < (one_shot ? k : 1); ++q)
+          if (!exact[static_cast<std::size_t>(order[q].second)]) {
+            stray = order[q].second;
+            break;
+          }
+        if (stray < 0) break;
+        rescore(stray);
       }
       for (std::int64_t j = lo; j < hi; ++j) {
         r.plain_block_forwards += m - 1;
