@@ -56,6 +56,7 @@ std::string bnn_report_json(const BnnResult& r) {
                       {"train_loss", p.train_loss},
                       {"train_accuracy", p.train_accuracy},
                       {"epoch_test_accuracy", p.epoch_test_accuracy},
+                      {"epoch_seconds", p.epoch_seconds},
                       {"bops", p.bops},
                       {"flops", p.flops},
                       {"ops", p.ops},

@@ -772,6 +772,8 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
         split_doubles(ck.text.count("epoch_train_accuracy") ? ck.text.at("epoch_train_accuracy") : "");
     rep.epoch_test_accuracy =
         split_doubles(ck.text.count("epoch_test_accuracy") ? ck.text.at("epoch_test_accuracy") : "");
+    rep.epoch_seconds =
+        split_doubles(ck.text.count("epoch_seconds") ? ck.text.at("epoch_seconds") : "");
     rep.resumed_from = opt.resume;
     resumed = true;
   }
@@ -814,6 +816,7 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
       c.text["epoch_loss"] = join_doubles(rep.epoch_loss);
       c.text["epoch_train_accuracy"] = join_doubles(rep.epoch_train_accuracy);
       c.text["epoch_test_accuracy"] = join_doubles(rep.epoch_test_accuracy);
+      c.text["epoch_seconds"] = join_doubles(rep.epoch_seconds);
       core::write_checkpoint(opt.checkpoint, c, prov);
       rep.checkpoint_written = opt.checkpoint;
     };
@@ -830,6 +833,7 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
       std::shuffle(perm.begin(), perm.end(), order);
       const Tensor perm_t = torch::from_blob(perm.data(), {n}, torch::kLong);
 
+      const auto te = std::chrono::steady_clock::now();
       const Normalizer normalize(norm, dev);
       net->train();
       progress.begin(fmt::format("epoch {}/{}{}", e + 1, opt.epochs,
@@ -900,6 +904,8 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
       rep.epoch_loss.push_back(rep.train_loss);
       rep.epoch_train_accuracy.push_back(rep.train_accuracy);
       rep.epoch_test_accuracy.push_back(test_acc);
+      rep.epoch_seconds.push_back(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count());
       progress.end({{"loss", rep.train_loss}, {"train_acc", rep.train_accuracy},
                     {"test_acc", test_acc}});
       if (!opt.checkpoint.empty()) save(e + 1, 0);

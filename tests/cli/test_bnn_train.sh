@@ -11,6 +11,7 @@ tiny="--width 4 --stages 2 --epochs 1 --train-limit 500 --test-limit 200 --batch
 expect_exit 0 "$KVLAB" --threads 2 --seed 1 --progress lines bnn-train --arch reactnet $small -o "$T/bnn.h5"
 expect_stdout "test acc"
 expect_stdout "bit-identical"
+expect_stdout "s on cpu)"
 expect_stderr "epoch 2/2"
 expect_exit 0 "$KVLAB" inspect --validate "$T/bnn.h5"
 expect_stdout "valid: conforms to the bnn-model v1 schema"
@@ -30,6 +31,19 @@ PY
 expect_exit 0 "$KVLAB" --seed 1 --json --progress none bnn-train --arch real $tiny -o "$T/teacher.h5"
 $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["bops"]==0 and d["arch"]=="real", d' "$T/stdout" || fail "json"
 expect_exit 0 "$KVLAB" --progress none bnn-train --arch bireal --recipe two-step --teacher "$T/teacher.h5" $tiny -o "$T/kd.h5"
+
+# --device cuda: trains on the GPU where there is one (the packed check then runs on the CPU);
+# a CPU-only build or machine refuses it with exit 2.
+"$KVLAB" --device cuda --progress none bnn-train --arch reactnet $tiny -o "$T/cuda.h5" >"$T/stdout" 2>"$T/stderr"
+rc=$?
+n_checks=$((n_checks + 1))
+if [ "$rc" -eq 0 ]; then
+  expect_stdout "s on cuda:0)"
+  expect_stdout "bit-identical"
+else
+  [ "$rc" -eq 2 ] || fail "--device cuda: expected exit 0 or 2, got $rc"
+  expect_stderr "--device cuda"
+fi
 
 # Usage errors (exit 2) and format errors (exit 3).
 expect_exit 2 "$KVLAB" bnn-train --arch bireal --act insta-prelu -o "$T/x.h5"

@@ -102,6 +102,7 @@ struct BnnReport {
   double test_accuracy = 0.0;
   double train_loss = 0.0, train_accuracy = 0.0;  ///< last epoch, running
   std::vector<double> epoch_loss, epoch_train_accuracy, epoch_test_accuracy;
+  std::vector<double> epoch_seconds;  ///< wall time of each epoch, its test evaluation included
   std::int64_t bops = 0;   ///< binary MACs per image
   std::int64_t flops = 0;  ///< real-valued MACs per image (conv, linear, INSTA MLPs)
   double ops = 0.0;        ///< bops / 64 + flops
