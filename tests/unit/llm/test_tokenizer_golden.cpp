@@ -7,7 +7,9 @@
 //  - decode(encode(x)) == x for every block where the tokenizer is lossless.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -128,3 +130,25 @@ TEST_CASE("tokenizer golden: Llama-3 byte-level BPE equals HF tokenizers") { che
 TEST_CASE("tokenizer golden: Qwen2 byte-level BPE (NFC) equals HF tokenizers") { check_family("qwen2"); }
 TEST_CASE("tokenizer golden: SmolLM2 byte-level BPE (digits) equals HF tokenizers") { check_family("smollm2"); }
 TEST_CASE("tokenizer golden: Llama-2 SentencePiece equals HF tokenizers") { check_family("llama-spm"); }
+
+TEST_CASE("tokenizer: the word cache and concurrent callers change no ids") {
+  // The first call fills the word cache, the second reads it; two threads at once: one holds the
+  // cache, the other runs uncached. All must give the same ids.
+  h5::File f = h5::File::open(data_dir() + "/golden.h5");
+  const auto corpus = f.root().read_vec<std::uint8_t>("corpus");
+  const std::string text(reinterpret_cast<const char*>(corpus.data()), std::min<std::size_t>(corpus.size(), 300000));
+  for (const std::string family : {"smollm2", "llama-spm"}) {
+    CAPTURE(family);
+    const auto tok = family_tokenizer(family);
+    const auto cold = tok->encode(text);
+    CHECK(cold.size() > 50000);
+    CHECK(tok->encode(text) == cold);
+    std::vector<std::int64_t> a, b;
+    std::thread ta([&] { a = tok->encode(text); });
+    std::thread tb([&] { b = tok->encode(text); });
+    ta.join();
+    tb.join();
+    CHECK(a == cold);
+    CHECK(b == cold);
+  }
+}
