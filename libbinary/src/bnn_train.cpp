@@ -781,6 +781,13 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
   const std::int64_t n = train.size();
   const std::int64_t nbatches = (n + opt.batch_size - 1) / opt.batch_size;
   const Tensor train_images = train.images, train_labels = train.labels;
+  // On CUDA without augmentation the (uint8) training set, its labels and each epoch's order live
+  // on the GPU, so a step copies nothing from the host and never waits for the GPU (a copy from
+  // pageable host memory would synchronise the stream every step). With augmentation (CPU code,
+  // seeded) batches are built on the CPU and sent through pinned memory.
+  const bool data_on_device = dev.is_cuda() && !augment;
+  const Tensor train_images_dev = data_on_device ? train_images.to(dev) : train_images;
+  const Tensor train_labels_dev = train_labels.to(dev);
 
   for (std::size_t si = stage0; si < stages.size(); ++si) {
     const Stage& st = stages[si];
@@ -832,6 +839,7 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
       std::iota(perm.begin(), perm.end(), 0);
       std::shuffle(perm.begin(), perm.end(), order);
       const Tensor perm_t = torch::from_blob(perm.data(), {n}, torch::kLong);
+      const Tensor perm_dev = perm_t.to(dev);  // a copy on CUDA; perm_t itself on the CPU
 
       const auto te = std::chrono::steady_clock::now();
       const Normalizer normalize(norm, dev);
@@ -849,12 +857,18 @@ BnnResult train_bnn(const core::TrainTest& data, const BnnOptions& opt_in,
       const std::int64_t b_start = (si == stage0 && e == e_start) ? batch0 : 0;
       for (std::int64_t b = b_start; b < nbatches; ++b) {
         const std::int64_t lo = b * opt.batch_size, hi = std::min(n, lo + opt.batch_size);
-        const Tensor idx = perm_t.slice(0, lo, hi);
-        // Batches are assembled (and augmented, from the seeded aug_rng) on the CPU, then moved.
-        Tensor x = core::to_float(train_images.index_select(0, idx));
-        if (augment) x = core::augment_crop_flip(x, 4, aug_rng);
-        x = normalize(x.to(dev));
-        const Tensor y = train_labels.index_select(0, idx).to(dev);
+        const Tensor idx_dev = perm_dev.slice(0, lo, hi);
+        Tensor x;
+        if (data_on_device || !dev.is_cuda()) {
+          x = core::to_float(train_images_dev.index_select(0, idx_dev));
+          if (augment) x = core::augment_crop_flip(x, 4, aug_rng);  // CPU runs only
+          x = normalize(x);
+        } else {
+          x = core::to_float(train_images.index_select(0, perm_t.slice(0, lo, hi)));
+          x = core::augment_crop_flip(x, 4, aug_rng);
+          x = normalize(x.pin_memory().to(dev, /*non_blocking=*/true));
+        }
+        const Tensor y = train_labels_dev.index_select(0, idx_dev);
         const Tensor logits = net->forward(x);
         Tensor loss;
         if (teacher) {

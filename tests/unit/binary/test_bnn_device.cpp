@@ -3,8 +3,9 @@
 //    to exactly the unbroken run;
 //  - with CUDA only (skipped otherwise, like the other CUDA tests): a few training steps on CUDA
 //    give the CPU's losses and (nearly) its weights, a checkpoint written from CUDA tensors
-//    resumes on the CPU and one written on the CPU resumes on CUDA, and the packed check of a
-//    CUDA-trained network runs on the CPU with bit-identical logits.
+//    resumes on the CPU and one written on the CPU resumes on CUDA, the packed check of a
+//    CUDA-trained network runs on the CPU with bit-identical logits, and augmented batches
+//    (built on the CPU, sent through pinned memory) train the same as on the CPU.
 #include <ATen/ATen.h>
 #include <doctest/doctest.h>
 
@@ -192,5 +193,18 @@ TEST_CASE("bnn-train on CUDA matches the CPU; checkpoints move between the devic
     CHECK(rest.report.device == (first_cuda ? "cpu" : "cuda:0"));
     check_close(rest.weights, cpu.weights, o.lr);
   }
+
+  // Augmented batches (crop + flip, from the seeded CPU generator) take the pinned-memory path.
+  binary::BnnOptions g = options();
+  g.augment = "on";
+  g.epochs = 1;
+  g.check_packed = false;
+  at::manual_seed(3);
+  const binary::BnnResult acpu = binary::train_bnn(data, g, {}, np);
+  g.device.cuda = true;
+  at::manual_seed(3);
+  const binary::BnnResult agpu = binary::train_bnn(data, g, {}, np);
+  CHECK(agpu.report.epoch_loss[0] == doctest::Approx(acpu.report.epoch_loss[0]).epsilon(2e-3));
+  check_close(agpu.weights, acpu.weights, g.lr);
   at::globalContext().setAllowTF32CuDNN(tf32);
 }
