@@ -7,7 +7,8 @@
 //          optional NFC normalizer (ICU), the pre-tokenizer sequence (Split regexes run by PCRE2
 //          with UTF + UCP and JIT, Digits, ByteLevel), the GPT-2 byte-to-unicode map, merges by
 //          rank (lowest rank first, leftmost first; `ignore_merges` as Llama-3), byte-level decode
-//   spm    SentencePiece BPE (Llama-2 family), reimplemented as libsentencepiece encodes, from a
+//   spm    SentencePiece BPE (Llama-2 family), reimplemented as libsentencepiece encodes (word by
+//          word where the vocabulary makes that exact; docs/tokenize.md), from a
 //          tokenizer.model file or a ModelProto rebuilt from a GGUF llama vocabulary
 //
 // Sources: an HF directory (tokenizer.json + tokenizer_config.json [+ tokenizer.model]), a GGUF
@@ -84,7 +85,9 @@ class Tokenizer {
   static std::shared_ptr<const Tokenizer> create(TokenizerData d);
   virtual ~Tokenizer() = default;
 
-  /// Appends the ids of `text` (no BOS/EOS added).
+  /// Appends the ids of `text` (no BOS/EOS added). Safe to call from several threads at once:
+  /// bpe/spm keep a word cache (pre-token -> ids) that one call at a time uses; a concurrent call
+  /// runs uncached, with the same ids.
   virtual void encode_append(std::string_view text, std::vector<std::int64_t>& out) const = 0;
   /// Ids of `text`; `add_special` adds BOS/EOS as the model's convention says (add_bos/add_eos).
   std::vector<std::int64_t> encode(std::string_view text, bool add_special = false) const;
