@@ -29,9 +29,9 @@
 #     --epochs 1 --train-limit 512 --test-limit 500 --width 4 --stages 2 --batch-size 64
 set -euo pipefail
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 2; }
-[ $# -ge 1 ] || usage
-case "$1" in -h|--help) usage ;; -*) echo "bnn-results.sh: OUT_DIR first (got $1)" >&2; exit 2 ;; esac
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+[ $# -ge 1 ] || usage 2 >&2
+case "$1" in -h|--help) usage 0 ;; -*) echo "bnn-results.sh: OUT_DIR first (got $1)" >&2; exit 2 ;; esac
 OUT=$1; shift
 KVLAB=build/bin/kvlab
 DATA=/usr/share/datasets/fashion-mnist
@@ -64,7 +64,7 @@ while [ $# -gt 0 ]; do
     --with-xnor) WITH_XNOR=1 ;;
     --packed-check) PACKED=1 ;;
     --threads) THREADS=$2; shift ;;
-    -h|--help) usage ;;
+    -h|--help) usage 0 ;;
     *) echo "bnn-results.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
