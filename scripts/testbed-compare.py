@@ -51,6 +51,7 @@ def main():
     ap.add_argument("--lengths", default="1024,2048,4096", help="pass-key prompt lengths in tokens")
     ap.add_argument("--depths", default="0.1,0.5,0.9", help="key depths (fractions of the filler)")
     ap.add_argument("--samples", type=int, default=4, help="pass keys per (length, depth)")
+    ap.add_argument("--seed", type=int, default=0, help="kvlab's --seed (which filler, keys and depths)")
     ap.add_argument("--no-hf", action="store_true", help="kvlab only")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=None, help="keep the token file and prompts here")
@@ -58,11 +59,13 @@ def main():
     work = a.work or tempfile.mkdtemp(prefix="testbed-")
     os.makedirs(work, exist_ok=True)
     res = {"model": a.model, "gguf": os.path.basename(a.gguf), "seq_len": a.seq_len, "windows": a.windows,
-           "lengths": a.lengths, "depths": a.depths, "samples_per_cell": a.samples}
+           "lengths": a.lengths, "depths": a.depths, "samples_per_cell": a.samples,
+           "seed": a.seed}
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
 
     def kv(*args):
-        r = subprocess.run([a.kvlab, "--json", "--progress", "none", "--threads", str(a.threads), *args],
+        r = subprocess.run([a.kvlab, "--json", "--progress", "none", "--threads", str(a.threads),
+                            "--seed", str(a.seed), *args],
                            capture_output=True, text=True, env=env)
         if r.returncode:
             sys.exit(f"kvlab {' '.join(args[:2])} failed ({r.returncode}): {r.stderr[-2000:]}")
