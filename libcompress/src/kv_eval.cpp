@@ -71,9 +71,11 @@ void check_kv_eval_options(const KvEvalOptions& o) {
   for (const auto& t : o.tasks)
     KVLAB_THROW_IF(std::find(known.begin(), known.end(), t) == known.end(), UsageError,
                    "--task {}: unknown task; known tasks: ppl, retrieval, long-gen, jsonl, speed", t);
-  // Constructing each policy once validates the method options (UsageError naming the flag).
+  // Constructing each policy once validates the method options (UsageError naming the flag),
+  // with a budget every method accepts (fastkv refuses budgets within its window; the real
+  // budgets are checked per cell).
   llm::ModelConfig dummy;
-  for (const auto& m : o.methods) (void)make_kv_policy(m, o.method, 1, dummy);
+  for (const auto& m : o.methods) (void)make_kv_policy(m, o.method, std::int64_t{1} << 20, dummy);
 }
 
 KvEvalResult run_kv_eval(const llm::Model& model, const KvTaskInputs& in, const KvEvalOptions& o,

@@ -282,7 +282,9 @@ TaskOutcome run_ppl(const llm::Model& model, const KvTaskInputs& in, const KvTas
     llm::KVCacheOptions co;
     auto policy = make(p, &budget, &co);
     llm::KVCache cache = model.make_cache(b, co);
-    cache.reserve(w);
+    // Full attention gets the whole window up front; a compressing method's cache grows as it
+    // needs (a reservation of the whole window would be its peak, hiding what it frees).
+    if (policy->name() == "full") cache.reserve(w);
     llm::ForwardOptions fo;
     fo.policy = policy.get();
     fo.logits = llm::LogitsMode::last;

@@ -170,3 +170,50 @@ TEST_CASE("jsonl and speed tasks run on the fixture") {
   const std::string e = test::error_of([&] { (void)compress::read_jsonl_tasks(jl.string(), llm::bytes_to_ids); }, 3);
   CHECK(e.find("tasks.jsonl:2") != std::string::npos);
 }
+
+TEST_CASE("rpc, fastkv, quest and retro through the harness: identities, and memory freed") {
+  compress::KvEvalOptions o;
+  o.methods = {"full", "quest", "retro", "rpc", "fastkv"};
+  o.budgets = {"1", "0.25"};  // "1": the whole context
+  o.tasks = {"ppl"};
+  o.task.ppl.prompt_tokens = 192;
+  o.task.ppl.continuation_tokens = 96;
+  o.task.ppl.samples = 2;
+  o.task.batch_size = 2;
+  o.method.retro.window = 1;  // w = 1: retro must equal quest bit for bit
+  o.method.rpc.interval = 32;  // compress three times inside the continuation
+  o.method.rpc.window = 8;
+  o.method.fastkv.tsp_layer = 3;  // the official 15 is for 32 layers; the fixture has 8
+  core::NullProgress np;
+  const compress::KvEvalResult r = compress::run_kv_eval(test::fixture_model_f32(), fixture_inputs(), o, np);
+  REQUIRE(r.cells.size() == 9);
+  auto cell = [&](const std::string& m, const std::string& b) -> const compress::KvCell& {
+    for (const auto& c : r.cells)
+      if (c.method == m && c.budget == b) return c;
+    FAIL("no cell " << m << " " << b);
+    return r.cells[0];
+  };
+  const compress::KvCell& full = cell("full", "");
+  for (const auto& c : r.cells) {
+    CAPTURE(c.method);
+    CAPTURE(c.budget);
+    CHECK(c.task == "ppl");
+    CHECK(c.outcome.samples == 2);
+    CHECK(std::isfinite(c.outcome.score));
+    CHECK(c.outcome.score > 1.5);
+    CHECK(c.outcome.score < 2 * full.outcome.score);
+  }
+  // The budget resolves against the prompt (192), so even "1" reads less than the growing cache:
+  // a larger budget must come closer to full. (Budgets covering every page equal full exactly:
+  // test_quest_retro.cpp, on the policies.)
+  const double q1 = cell("quest", "1").outcome.score, q25 = cell("quest", "0.25").outcome.score;
+  CHECK(std::abs(q1 - full.outcome.score) < std::abs(q25 - full.outcome.score));
+  // Retro with a window of 1 has nothing to revise: quest, bit for bit, at every budget.
+  CHECK(cell("retro", "1").outcome.score == q1);
+  CHECK(cell("retro", "0.25").outcome.score == q25);
+  // Quest and retro evict nothing; rpc (decode-time) and fastkv (prefill) free memory.
+  CHECK(cell("quest", "0.25").outcome.kv_bytes_peak >= full.outcome.kv_bytes_peak);
+  CHECK(cell("rpc", "0.25").outcome.kv_bytes_peak < full.outcome.kv_bytes_peak);
+  CHECK(cell("fastkv", "0.25").outcome.kv_bytes_peak < full.outcome.kv_bytes_peak);
+  CHECK(cell("rpc", "0.25").outcome.kv_bytes_peak < cell("quest", "0.25").outcome.kv_bytes_peak);
+}
