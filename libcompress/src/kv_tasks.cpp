@@ -120,6 +120,30 @@ std::string trim(const std::string& s) {
 
 constexpr const char* kQuestionText = "\nWhat is the pass key? The pass key is";
 
+// The question as the prompt ends it: with the space before the key when the tokenizer gives
+// that space a token of its own before digits (SmolLM2, Llama-3, Llama-2: "is 12345" encodes
+// as ..."is", " ", "1", ... so "is " is a natural prefix and the model starts right at the
+// digits), else without it (GPT-2: " 12345" is one piece, the model writes the space).
+std::string question_text(const KvTaskInputs& in) {
+  const std::string q = kQuestionText;
+  const auto with = in.tokenizer->encode(q + " ");
+  const auto whole = in.tokenizer->encode(q + " 00000");
+  const bool prefix = whole.size() > with.size() && std::equal(with.begin(), with.end(), whole.begin());
+  return prefix ? q + " " : q;
+}
+
+// The ids the model should generate after question_text(in) for `key`.
+std::vector<std::int64_t> answer_ids(const KvTaskInputs& in, const std::string& question, const std::string& key) {
+  if (!question.empty() && question.back() == ' ') {
+    const auto with = in.tokenizer->encode(question);
+    const auto whole = in.tokenizer->encode(question + key);
+    return std::vector<std::int64_t>(whole.begin() + static_cast<std::ptrdiff_t>(std::min(with.size(), whole.size())), whole.end());
+  }
+  std::vector<std::int64_t> ids;
+  in.tokenizer->encode_continuation(" " + key, ids);
+  return ids;
+}
+
 std::string needle_sentence(const std::string& key) {
   return " The pass key is " + key + ". Remember it. " + key + " is the pass key.";
 }
@@ -331,7 +355,7 @@ std::vector<std::int64_t> continuation_ids(const KvTaskInputs& in, const std::st
 std::int64_t long_gen_context(const KvTaskInputs& in, const LongGenOptions& o) {
   if (in.tokenizer) {
     const auto pre = static_cast<std::int64_t>(continuation_ids(in, " The pass key is 00").size());
-    const auto q = static_cast<std::int64_t>(in.encode(kQuestionText).size());
+    const auto q = static_cast<std::int64_t>(in.encode(question_text(in)).size());
     return (text_bos(in) >= 0 ? 1 : 0) + o.lead_tokens + pre + o.generate_tokens + q;
   }
   const auto pre = static_cast<std::int64_t>(in.encode(" The pass key is 00").size());
@@ -362,14 +386,14 @@ TaskOutcome run_long_gen(const llm::Model& model, const KvTaskInputs& in, const 
   KVLAB_THROW_IF(text && o.lead_tokens < 8, UsageError,
                  "--long-gen-lead {}: models with a tokenizer need at least 8 lead tokens (whole words of "
                  "filler text)", o.lead_tokens);
-  const std::vector<std::int64_t> question = in.encode(text ? kQuestionText : kQuestion);
+  const std::vector<std::int64_t> question = in.encode(text ? question_text(in) : std::string(kQuestion));
   const std::int64_t context = long_gen_context(in, o);
   // Text mode: the prompt is [BOS] + filler words + " The pass key is NN", this many tokens.
   const std::int64_t prompt_tokens = text ? (text_bos(in) >= 0 ? 1 : 0) + o.lead_tokens +
                                                 static_cast<std::int64_t>(continuation_ids(in, " The pass key is 00").size())
                                           : 0;
   // Answer tokens generated: the key's (plus one, so a sixth digit shows) in text mode.
-  const int answer_tokens = text ? static_cast<int>(continuation_ids(in, " 00000").size()) + 1 : 5;
+  const int answer_tokens = text ? static_cast<int>(answer_ids(in, question_text(in), "00000").size()) + 1 : 5;
   std::mt19937_64 rng(s.seed * 7919 + 17);
   TaskOutcome r;
   r.metric = "accuracy";
@@ -602,6 +626,7 @@ RetrievalSample text_retrieval_sample(const KvTaskInputs& in, std::int64_t ctx, 
   const std::int64_t n_text = in.text.numel();
   const std::string key = random_key(rng);
   const std::string needle = needle_sentence(key);
+  const std::string question = question_text(in);
   // Filler tokens: the prompt's length and a margin (decoded text re-encodes to about as many).
   const std::int64_t n_fill = ctx + ctx / 4 + 64;
   KVLAB_THROW_IF(n_fill > n_text, UsageError,
@@ -629,9 +654,9 @@ RetrievalSample text_retrieval_sample(const KvTaskInputs& in, std::int64_t ctx, 
           }
           t = std::string(words.substr(0, cut)) + needle + std::string(words.substr(cut));
         }
-        return t + kQuestionText;
+        return t + question;
       });
-  in.tokenizer->encode_continuation(" " + key, smp.answer);
+  smp.answer = answer_ids(in, question, key);
   smp.key = key;
   smp.context = ctx;
   smp.depth = depth;

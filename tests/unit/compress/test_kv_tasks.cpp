@@ -1,6 +1,8 @@
 // kv-eval's prompt builders for models with a real tokenizer (KvTaskInputs::tokenizer): the
 // pass-key prompt is built as text (KJV filler words, the key sentence, the question), encoded
-// at once and exactly `context` tokens long; answers are checked on decoded text. Uses the real
+// at once and exactly `context` tokens long; the question keeps the space before the key when
+// the tokenizer gives that space its own token before digits; answers are checked on decoded
+// text. Uses the real
 // SmolLM2 (byte-level BPE) and Llama-2 (SentencePiece) vocabularies of the golden tokenizer data.
 #include <doctest/doctest.h>
 
@@ -73,20 +75,23 @@ TEST_CASE("kv tasks: text pass-key prompts through a byte-level BPE tokenizer (S
     CHECK(static_cast<std::int64_t>(x.prompt.size()) == x.context);  // exactly the context
     REQUIRE(x.key.size() == 5);
     keys.insert(x.key);
-    std::vector<std::int64_t> ans;
-    tok->encode_continuation(" " + x.key, ans);
-    CHECK(x.answer == ans);
-    CHECK(x.answer.size() == 6);  // " " and the five digits one by one (Digits(individual))
+    // SmolLM2 splits digits one by one and "is 12345" encodes as ..."is", " ", "1", ...: the
+    // prompt ends with the space's token and the answer is the five digits.
     const std::string text = tok->decode(x.prompt);
+    CHECK(x.answer == tok->encode(x.key));
+    CHECK(x.answer.size() == 5);
+    std::vector<std::int64_t> whole = x.prompt;
+    whole.insert(whole.end(), x.answer.begin(), x.answer.end());
+    CHECK(tok->encode(text + x.key) == whole);  // the prompt + answer is one natural encoding
     // One natural encoding of the whole text (not ids spliced together).
     CHECK(tok->encode(text) == x.prompt);
-    REQUIRE(text.size() > kQuestion.size());
-    CHECK(text.substr(text.size() - kQuestion.size()) == kQuestion);
+    REQUIRE(text.size() > kQuestion.size() + 1);
+    CHECK(text.substr(text.size() - kQuestion.size() - 1) == kQuestion + " ");
     const auto at = text.find(needle(x.key));
     REQUIRE(at != std::string::npos);
-    const double frac = static_cast<double>(at) / static_cast<double>(text.size() - kQuestion.size());
+    const double frac = static_cast<double>(at) / static_cast<double>(text.size() - kQuestion.size() - 1);
     if (x.depth == 0.0) CHECK(at == 0);
-    if (x.depth == 1.0) CHECK(text.find(needle(x.key) + kQuestion) != std::string::npos);
+    if (x.depth == 1.0) CHECK(text.find(needle(x.key) + kQuestion + " ") != std::string::npos);
     if (x.depth == 0.5) CHECK((frac > 0.3 && frac < 0.7));
     // The filler is the file's own text, cut at whole words.
     const std::string before = text.substr(0, at);
@@ -95,7 +100,7 @@ TEST_CASE("kv tasks: text pass-key prompts through a byte-level BPE tokenizer (S
       CHECK(heldout().find(before.substr(0, before.size() - 1)) != std::string::npos);
     }
     const std::size_t after = at + needle(x.key).size();
-    const std::string rest = text.substr(after, text.size() - kQuestion.size() - after);
+    const std::string rest = text.substr(after, text.size() - kQuestion.size() - 1 - after);
     if (!rest.empty()) {
       CHECK(rest[0] == ' ');
       CHECK(heldout().find(rest.substr(1)) != std::string::npos);
@@ -124,7 +129,26 @@ TEST_CASE("kv tasks: text pass-key prompts through SentencePiece (Llama-2): BOS,
     CHECK(x.prompt[0] == 1);
     const std::string text = tok->decode(x.prompt, /*skip_special=*/true);
     CHECK(text.find(" " + needle(x.key) + " ") != std::string::npos);
+    CHECK(text.find(kQuestion, text.size() - kQuestion.size() - 1) != std::string::npos);
+    CHECK(!x.answer.empty());
+  }
+}
+
+TEST_CASE("kv tasks: GPT-2 merges the space into the key's first token, so the question ends at \"is\"") {
+  const auto tok = vocab_tokenizer("gpt-2");
+  const auto in = text_inputs(tok, 40000);
+  compress::RetrievalOptions ro;
+  ro.context_lengths = {256};
+  ro.depths = {0.5};
+  ro.samples = 2;
+  for (const auto& x : compress::make_retrieval_samples(in, ro, 1)) {
+    CHECK(x.prompt.size() == 256);
+    const std::string text = tok->decode(x.prompt);
     CHECK(text.substr(text.size() - kQuestion.size()) == kQuestion);
+    std::vector<std::int64_t> ans;
+    tok->encode_continuation(" " + x.key, ans);
+    CHECK(x.answer == ans);  // " 12345" (GPT-2: one or two tokens, the space included)
+    CHECK(tok->decode(x.answer) == " " + x.key);
   }
 }
 

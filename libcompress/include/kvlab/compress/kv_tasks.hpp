@@ -150,10 +150,12 @@ TaskOutcome run_kv_task(const std::string& task, const llm::Model& model, const 
 /// key is ", BOS first, `context` tokens in all; the answer is the key's ids.
 /// With a tokenizer (KvTaskInputs::tokenizer) the prompt is text: filler words[:depth] + " The
 /// pass key is K. Remember it. K is the pass key." + words[depth:] + "\nWhat is the pass key? The
-/// pass key is", encoded at once (BOS by the tokenizer's convention), exactly `context` tokens
-/// (the number of filler words, and if needed the first word, chosen to fit); the answer is the
-/// ids of " K" and a trial is correct when the decoded output, leading spaces dropped, starts with
-/// K not followed by another digit.
+/// pass key is" + (" " when the tokenizer encodes "is 12345" as ..."is", " ", digits: SmolLM2,
+/// Llama-3, Llama-2; not GPT-2, whose " 12345" is one piece), encoded at once (BOS by the
+/// tokenizer's convention), exactly `context` tokens (the number of filler words, and if needed
+/// the first word, chosen to fit); the answer is the ids that continue the prompt with K (or
+/// " K"), and a trial is correct when the decoded output, leading spaces dropped, starts with K
+/// not followed by another digit.
 struct RetrievalSample {
   std::vector<std::int64_t> prompt, answer;
   std::int64_t context = 0;
