@@ -43,6 +43,7 @@ void register_kv_eval(CLI::App& app, GlobalOptions& global) {
   cmd->add_option("--retrieval-depth", t.retrieval.depths, "needle depths in [0, 1], comma-separated")
       ->delimiter(',')->check(CLI::Range(0.0, 1.0))->capture_default_str();
   cmd->add_option("--retrieval-samples", t.retrieval.samples, "samples per (context, depth)")->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  cmd->add_option("--retrieval-prompts", t.retrieval.prompts_path, "retrieval: write the prompts, answers and outputs (JSONL, one line per sample) to FILE");
   cmd->add_option("--ppl-prompt", t.ppl.prompt_tokens, "ppl: prefilled (compressed) tokens")->check(CLI::Range(1, 1 << 24))->capture_default_str();
   cmd->add_option("--ppl-continuation", t.ppl.continuation_tokens, "ppl: tokens scored one by one")->check(CLI::Range(1, 1 << 24))->capture_default_str();
   cmd->add_option("--ppl-samples", t.ppl.samples, "ppl: windows")->check(CLI::Range(1, 1 << 20))->capture_default_str();
