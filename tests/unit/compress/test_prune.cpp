@@ -31,6 +31,14 @@ at::Tensor calib_ids() {
   return at::tensor(llm::bytes_to_ids(text), at::kLong);
 }
 
+/// `n` calibration windows of `len` bytes from the SLEB calibration text.
+at::Tensor calib_windows(std::int64_t n, std::int64_t len) {
+  compress::CalibOptions co;
+  co.windows = n;
+  co.len = len;
+  return compress::make_calibration_windows(calib_ids(), co, "calib.txt");
+}
+
 }  // namespace
 
 TEST_CASE("prune: window starts reproduce Python's random.seed + randint") {
@@ -87,10 +95,7 @@ TEST_CASE("prune: remove counts, ratios (ceil, as SLEB's latency.py) and protect
 
 TEST_CASE("prune: the cached search picks exactly what the plain recomputing search picks") {
   const llm::Model& model = test::fixture_model_f32();
-  compress::CalibOptions co;
-  co.windows = 3;
-  co.len = 256;
-  const at::Tensor windows = compress::make_calibration_windows(calib_ids(), co, "calib.txt");
+  const at::Tensor windows = calib_windows(3, 256);
   core::NullProgress np;
   for (PruneMetric metric : {PruneMetric::sleb, PruneMetric::ppl_oneshot}) {
     PruneOptions o;
@@ -146,10 +151,7 @@ std::int64_t sweep_calls(std::int64_t n, std::int64_t rounds, std::int64_t group
 
 TEST_CASE("prune: the batched search picks exactly what the plain search picks, any group size") {
   const llm::Model& model = test::fixture_model_f32();
-  compress::CalibOptions co;
-  co.windows = 3;
-  co.len = 256;
-  const at::Tensor windows = compress::make_calibration_windows(calib_ids(), co, "calib.txt");
+  const at::Tensor windows = calib_windows(3, 256);
   core::NullProgress np;
   for (PruneMetric metric : {PruneMetric::sleb, PruneMetric::ppl_oneshot}) {
     PruneOptions o;
@@ -236,10 +238,7 @@ TEST_CASE("prune: the batched search picks exactly what the plain search picks, 
 
 TEST_CASE("prune: batched group size from the memory budget, and option errors") {
   const llm::Model& model = test::fixture_model_f32();
-  compress::CalibOptions co;
-  co.windows = 2;
-  co.len = 128;
-  const at::Tensor windows = compress::make_calibration_windows(calib_ids(), co, "calib.txt");
+  const at::Tensor windows = calib_windows(2, 128);
   core::NullProgress np;
   PruneOptions o;
   o.remove = 1;
@@ -310,10 +309,7 @@ TEST_CASE("prune: kvlab removes the blocks SLEB's official code removes, in its 
 
 TEST_CASE("prune: one-shot similarity metrics") {
   const llm::Model& model = test::fixture_model_f32();
-  compress::CalibOptions co;
-  co.windows = 2;
-  co.len = 128;
-  const at::Tensor windows = compress::make_calibration_windows(calib_ids(), co, "calib.txt");
+  const at::Tensor windows = calib_windows(2, 128);
   core::NullProgress np;
   PruneOptions o;
   o.remove = 2;
