@@ -1,6 +1,7 @@
 // BinaryMoS layers and kvlab binarize: bit packing, the packed forward against the float
 // reference, initialisation, the STE, packed storage in a model artifact (load_model, logits,
-// bits per weight and file size), distillation, and kill-and-resume giving identical weights.
+// bits per weight and file size), distillation, kill-and-resume giving identical weights, gradient
+// checkpointing and micro-batches giving the same step, bfloat16 state with stochastic rounding.
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <doctest/doctest.h>
@@ -12,6 +13,8 @@
 #include "kvlab/binary/binarize.hpp"
 #include "kvlab/binary/mos.hpp"
 #include "kvlab/core/artifact.hpp"
+#include "kvlab/llm/data.hpp"
+#include "kvlab/llm/import_export.hpp"
 #include "kvlab/llm/model_io.hpp"
 
 using namespace kvlab;
@@ -39,6 +42,21 @@ binary::MosParams random_params(std::int64_t in, std::int64_t out, std::int64_t 
   if (e > 1) p.router = at::randn({e, in}) * 0.3;
   if (bias) p.bias = at::randn({out});
   return p;
+}
+
+// Largest difference between two runs' latent tensors, over the names containing `only` (all: "").
+double max_latent_diff(const binary::BinarizeResult& a, const binary::BinarizeResult& b,
+                       const std::string& only = "", const std::string& skip = "\n") {
+  REQUIRE(a.latent.size() == b.latent.size());
+  double d = 0;
+  for (std::size_t i = 0; i < a.latent.size(); ++i) {
+    REQUIRE(a.latent[i].first == b.latent[i].first);
+    const std::string& name = a.latent[i].first;
+    if (name.find(only) == std::string::npos || name.find(skip) != std::string::npos) continue;
+    d = std::max(d, (a.latent[i].second.to(at::kFloat) - b.latent[i].second.to(at::kFloat))
+                        .abs().max().item<double>());
+  }
+  return d;
 }
 
 at::Tensor half_round(const at::Tensor& t) {
@@ -286,4 +304,223 @@ TEST_CASE("distillation lowers the loss; killed-and-resumed training ends with t
   (void)binary::binarize_model(f, ids, o2, test_prov(), stop2);
   CHECK(test::error_of([&] { binary::binarize_model(f, ids, bad, test_prov(), np); }, 2)
             .find("--resume") != std::string::npos);
+}
+
+TEST_CASE("checkpointed_block: the same block outputs and parameter/input gradients") {
+  const llm::ModelConfig c = test::tiny_llm_config();
+  const llm::ModelFile f = test::tiny_llm_file(c);
+  llm::Model m = llm::Model::from_file(f);
+  // Every block linear becomes a dense layer with a trainable weight.
+  std::vector<std::vector<at::Tensor>> params(static_cast<std::size_t>(m.num_layers()));
+  for (std::size_t li = 0; li < params.size(); ++li) {
+    llm::Block& b = m.blocks()[li];
+    for (std::shared_ptr<llm::Linear>* l : {&b.q_proj, &b.k_proj, &b.v_proj, &b.o_proj,
+                                            &b.gate_proj, &b.up_proj, &b.down_proj}) {
+      at::Tensor w = (*l)->dense_weight().clone().requires_grad_(true);
+      *l = std::make_shared<llm::DenseLinear>(w);
+      params[li].push_back(w);
+    }
+  }
+  std::vector<llm::Model> views;
+  for (std::int64_t li = 0; li < m.num_layers(); ++li) {
+    llm::Model one = m;
+    std::vector<std::int64_t> others;
+    for (std::int64_t j = 0; j < m.num_layers(); ++j)
+      if (j != li) others.push_back(j);
+    one.remove_blocks(others);
+    views.push_back(one);
+  }
+  at::manual_seed(5);
+  const at::Tensor tok = at::randint(0, c.vocab_size, {2, 11}, at::kLong);
+  const at::Tensor pos = test::arange_positions(2, 11);
+  const at::Tensor x0 = m.embed_tokens(tok).detach().requires_grad_(true);
+  struct Out {
+    std::vector<at::Tensor> hidden, grads;
+    double loss = 0;
+  };
+  auto run = [&](bool ckpt) {
+    std::vector<binary::BlockCall> calls(views.size());
+    Out o;
+    at::Tensor x = x0, loss = at::zeros({});
+    for (std::size_t li = 0; li < views.size(); ++li) {
+      calls[li] = {&views[li], tok, pos, params[li]};
+      x = ckpt ? binary::checkpointed_block(calls[li], x) : binary::run_block(calls[li], x);
+      o.hidden.push_back(x.detach().clone());
+      loss = loss + 3.0 * x.pow(2).mean();  // every block's output feeds the loss (the l2l term)
+    }
+    loss = loss + x.sin().sum();
+    loss.backward();
+    o.loss = loss.item<double>();
+    o.grads.push_back(x0.grad().clone());
+    x0.mutable_grad().zero_();
+    for (auto& ps : params)
+      for (auto& p : ps) {
+        o.grads.push_back(p.grad().clone());
+        p.mutable_grad().zero_();
+      }
+    return o;
+  };
+  const Out plain = run(false), ckpt = run(true);
+  // The block-wise forward is the model's own forward.
+  std::vector<at::Tensor> hs;
+  llm::ForwardOptions fo;
+  fo.hidden_states = &hs;
+  llm::KVCache cache = m.make_cache(2);
+  {
+    c10::NoGradGuard ng;
+    m.forward(tok, pos, cache, fo);
+  }
+  REQUIRE(hs.size() == plain.hidden.size());
+  CHECK(ckpt.loss == plain.loss);
+  for (std::size_t i = 0; i < hs.size(); ++i) {
+    CHECK(at::equal(plain.hidden[i], hs[i]));
+    CHECK(at::equal(ckpt.hidden[i], hs[i]));
+  }
+  REQUIRE(ckpt.grads.size() == plain.grads.size());
+  for (std::size_t i = 0; i < plain.grads.size(); ++i) {
+    CAPTURE(i);
+    CHECK(plain.grads[i].abs().max().item<double>() > 1e-4);  // every weight and x0 get a gradient
+    CHECK((ckpt.grads[i] - plain.grads[i]).abs().max().item<double>() <=
+          1e-6 * plain.grads[i].abs().max().item<double>());
+  }
+}
+
+TEST_CASE("gradient checkpointing and micro-batches give the same training step") {
+  binary::register_linear_kinds();
+  const llm::ModelConfig c = test::tiny_llm_config();
+  const llm::ModelFile f = test::tiny_llm_file(c);
+  at::manual_seed(12);
+  const at::Tensor ids = at::randint(0, c.vocab_size, {16 * 6}, at::kLong);
+  core::NullProgress np;
+  for (std::int64_t e : {1, 4}) {
+    CAPTURE(e);
+    binary::BinarizeOptions o;
+    o.experts = e;
+    o.seq_len = 16;
+    o.batch_size = 3;
+    o.steps = 1;
+    o.lr = 1e-3;
+    o.warmup_ratio = 0;  // the step moves the weights (with warm-up the first lr is 0)
+    o.grad_checkpoint = "off";
+    const binary::BinarizeResult plain = binary::binarize_model(f, ids, o, test_prov(), np);
+    CHECK_FALSE(plain.grad_checkpoint);
+    binary::BinarizeOptions o0 = o;
+    o0.steps = 0;
+    const binary::BinarizeResult init = binary::binarize_model(f, {}, o0, test_prov(), np);
+    CHECK(max_latent_diff(plain, init, ".weight") > 0.9e-3);  // Adam's first step: about lr
+    struct Variant { const char* gc; std::int64_t micro; };
+    for (const Variant v : {Variant{"on", 0}, Variant{"off", 1}, Variant{"on", 1}, Variant{"on", 2}}) {
+      CAPTURE(v.gc);
+      CAPTURE(v.micro);
+      binary::BinarizeOptions ov = o;
+      ov.grad_checkpoint = v.gc;
+      ov.micro_batch_size = v.micro;
+      const binary::BinarizeResult r = binary::binarize_model(f, ids, ov, test_prov(), np);
+      CHECK(r.grad_checkpoint == (std::string(v.gc) == "on"));
+      REQUIRE(r.loss.size() == 1);
+      if (v.micro == 0) CHECK(r.loss[0] == plain.loss[0]);  // the same forward, bitwise
+      CHECK(r.loss[0] == doctest::Approx(plain.loss[0]).epsilon(1e-6));
+      // Checkpointing: the same sums in the same order, equal to 1e-6 (float32 rounding). Micro-
+      // batches sum the batch's gradient in another order; Adam's first step divides by |g| + eps,
+      // so gradients near zero turn that rounding into moves up to a few 1e-6 (0.3 % of lr here).
+      CHECK(max_latent_diff(r, plain, "", "router") < (v.micro == 0 ? 1e-6 : 1e-5));
+      // At initialisation every expert is the same, so the output does not depend on the router
+      // and its gradient is zero up to rounding noise, which Adam's first step (g / (|g| + eps))
+      // turns into moves of up to lr: the routers agree only to lr.
+      if (e > 1) CHECK(max_latent_diff(r, plain, "router") <= o.lr * 1.001);
+    }
+  }
+  // Bad values are usage errors.
+  binary::BinarizeOptions bad;
+  bad.seq_len = 16;
+  bad.grad_checkpoint = "maybe";
+  CHECK(test::error_of([&] { binary::binarize_model(f, ids, bad, test_prov(), np); }, 2)
+            .find("--grad-checkpoint") != std::string::npos);
+  bad.grad_checkpoint = "auto";
+  bad.state_dtype = "float16";
+  CHECK(test::error_of([&] { binary::binarize_model(f, ids, bad, test_prov(), np); }, 2)
+            .find("--state-dtype") != std::string::npos);
+}
+
+TEST_CASE("stochastic_round_bf16: bfloat16 neighbours only, unbiased, exact values kept") {
+  at::manual_seed(13);
+  // 1 + 2^-9 lies a quarter of a bfloat16 ulp (2^-7) above 1: rounds to 1 + 2^-7 one time in 4.
+  // Round-to-nearest always gives 1 (error 2^-9 = 0.00195); the mean of stochastic roundings
+  // stays within a few standard errors (2^-7 sqrt(3/16) / sqrt(n) = 7.6e-6) of the value.
+  for (double x : {1.0 + std::ldexp(1.0, -9), -(1.0 + std::ldexp(1.0, -9)), 3e-3}) {
+    CAPTURE(x);
+    const at::Tensor v = at::full({200000}, x, at::kFloat);
+    const at::Tensor r = binary::stochastic_round_bf16(v);
+    CHECK((r.scalar_type() == at::kBFloat16));
+    const at::Tensor rf = r.to(at::kFloat);
+    const double mean = rf.mean().item<double>();
+    const double ulp = std::ldexp(1.0, std::ilogb(std::abs(x)) - 7);
+    CHECK(std::abs(mean - x) < 0.01 * ulp);
+    CHECK(std::abs(v.to(at::kBFloat16).to(at::kFloat)[0].item<double>() - x) > 0.2 * ulp);  // RNE is off
+    // Only the two neighbours occur.
+    const double lo = std::trunc(x / ulp) * ulp, hi = lo + (x > 0 ? ulp : -ulp);
+    CHECK((rf.eq(lo) | rf.eq(hi)).all().item<bool>());
+    CHECK(rf.eq(hi).any().item<bool>());
+    CHECK(rf.eq(lo).any().item<bool>());
+  }
+  // Many values at once: each one's mean over 20000 roundings is within 3 % of its ulp.
+  const at::Tensor x = at::randn({64}) * 0.01;
+  const at::Tensor m = binary::stochastic_round_bf16(x.unsqueeze(0).expand({20000, 64})).to(at::kFloat).mean(0);
+  const at::Tensor ulp = at::pow(2.0, at::floor(at::log2(x.abs())) - 7);
+  CHECK(((m - x).abs() / ulp).max().item<double>() < 0.03);
+  // Values that are already bfloat16 never move; zero stays zero.
+  const at::Tensor e = at::randn({1000}).to(at::kBFloat16);
+  CHECK(at::equal(binary::stochastic_round_bf16(e.to(at::kFloat)), e));
+  CHECK(binary::stochastic_round_bf16(at::zeros({4})).abs().sum().item<double>() == 0.0);
+}
+
+TEST_CASE("bfloat16 state: the fixture model trains; killed-and-resumed gives the same weights") {
+  binary::register_linear_kinds();
+  const auto src = test::scratch("bf16_fixture.h5");
+  std::filesystem::remove(src);
+  core::NullProgress np;
+  llm::import_hf(test::source_path("data/kjv-byte-llama"), src, {}, {}, np);
+  const llm::ModelFile f = llm::read_model(src);
+  const at::Tensor ids = llm::read_model_data(test::source_path("data/kjv-byte-llama/heldout.txt"),
+                                              {}, src).ids.narrow(0, 0, 64 * 24);
+  binary::BinarizeOptions o;
+  o.experts = 1;
+  o.seq_len = 64;
+  o.batch_size = 2;
+  o.steps = 10;
+  o.lr = 5e-4;
+  o.state_dtype = "bfloat16";
+  o.grad_checkpoint = "on";
+  o.checkpoint = test::scratch("bf16.ckpt.h5").string();
+  std::filesystem::remove(o.checkpoint);
+  const binary::BinarizeResult r = binary::binarize_model(f, ids, o, test_prov(), np);
+  REQUIRE(r.loss.size() == 10);
+  CAPTURE(r.loss.front());
+  CAPTURE(r.loss.back());
+  // Step 0 has the warm-up's lr 0 (the initial loss); ten steps later it is well below that.
+  CHECK(r.loss.back() < 0.8 * r.loss.front());
+  const auto w = std::find_if(r.latent.begin(), r.latent.end(),
+                              [](const auto& p) { return p.first == "model.layers.0.mlp.up_proj.weight"; });
+  REQUIRE(w != r.latent.end());
+  CHECK((w->second.scalar_type() == at::kBFloat16));
+  const auto s = std::find_if(r.latent.begin(), r.latent.end(),
+                              [](const auto& p) { return p.first == "model.layers.0.mlp.up_proj.s_in"; });
+  REQUIRE(s != r.latent.end());
+  CHECK((s->second.scalar_type() == at::kFloat));  // scales stay float32
+
+  // The rounding is seeded by (seed, step): a resumed run rounds as the uninterrupted one.
+  StopAfter stop(2);
+  binary::BinarizeOptions short_o = o;
+  (void)binary::binarize_model(f, ids, short_o, test_prov(), stop);
+  REQUIRE(std::filesystem::exists(o.checkpoint));
+  binary::BinarizeOptions ro = o;
+  ro.resume = o.checkpoint;
+  const binary::BinarizeResult rest = binary::binarize_model(f, ids, ro, test_prov(), np);
+  CHECK(rest.steps == 10);
+  CHECK(max_latent_diff(rest, r) == 0.0);
+  // A float32-state checkpoint does not resume a bfloat16-state run.
+  binary::BinarizeOptions fo = ro;
+  fo.state_dtype = "float32";
+  CHECK(test::error_of([&] { binary::binarize_model(f, ids, fo, test_prov(), np); }, 2)
+            .find("state_dtype") != std::string::npos);
 }

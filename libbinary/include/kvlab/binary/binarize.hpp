@@ -42,9 +42,20 @@ struct BinarizeOptions {
   double max_grad_norm = 1.0;      ///< 0: no clipping
   double l2l_loss_scale = 10.0;    ///< weight of the summed hidden-state MSE
   std::string device = "cpu";
-  /// Compute dtype of teacher and student forwards ("auto": float32 on the CPU, bfloat16 on CUDA);
-  /// the trainable parameters and AdamW state stay float32 (autocast-style master weights).
+  /// Compute dtype of teacher and student forwards ("auto": float32 on the CPU, bfloat16 on CUDA).
   std::string dtype = "auto";
+  /// Dtype of the latent weight matrices, their gradients and AdamW moments: "float32" (master
+  /// weights, as the reference) or "bfloat16" (each update computed in float32 and stored with
+  /// stochastic rounding, stochastic_round_bf16; halves the 7B state to fit one 80 GB card).
+  /// Scales and routers stay float32 either way.
+  std::string state_dtype = "float32";
+  /// Gradient checkpointing of the student's blocks: "auto" (on on CUDA, off on the CPU), "on",
+  /// "off". Keeps only each block's input and recomputes the block in the backward; the same
+  /// gradients up to float summation order.
+  std::string grad_checkpoint = "auto";
+  /// Sequences per forward/backward (0: the whole batch); the gradients of a step's micro-batches
+  /// accumulate before the update (the loss is the same sum, so results differ only by rounding).
+  std::int64_t micro_batch_size = 0;
   std::uint64_t seed = 42;         ///< router init and data order
   std::int64_t checkpoint_every = 0;  ///< steps between checkpoints (0: only on a stop signal)
   std::string checkpoint;          ///< checkpoint path ("" : none)
@@ -62,6 +73,9 @@ struct BinarizeResult {
   std::uint64_t linear_bytes = 0;     ///< their stored bytes (packed bits + fp16 scales/routers)
   double bits_per_weight = 0;         ///< 8 * linear_bytes / linear_weights
   std::int64_t tokens_per_step = 0;
+  bool grad_checkpoint = false;       ///< whether the student's blocks were checkpointed
+  std::vector<double> step_seconds;   ///< wall time of each optimizer step of this run
+  std::uint64_t peak_device_bytes = 0;  ///< peak CUDA memory of the process (0 on the CPU)
   /// The trained float parameters (latent weights, scales, routers) by name, on the CPU.
   std::vector<std::pair<std::string, at::Tensor>> latent;
 };
@@ -79,6 +93,29 @@ core::ArtifactHeader write_binarized_model(const std::filesystem::path& path,
                                            const BinarizeResult& r, const BinarizeOptions& opt,
                                            const std::string& hf_config,
                                            const core::Provenance& prov);
+
+/// Gradient checkpointing of one transformer block (binarize_checkpoint.cpp; LibTorch C++ has no
+/// torch.utils.checkpoint). The block is a function of its input: `one` is a one-block view of a
+/// model (a Model copy with every other block removed, sharing the layers), tokens/positions
+/// [B, T] as for Model::forward, params the block's trainable tensors.
+struct BlockCall {
+  const llm::Model* one = nullptr;
+  at::Tensor tokens, positions;
+  std::vector<at::Tensor> params;
+};
+/// The block's output for input x ([B, T, C]) computed without a graph, keeping only x: the
+/// backward re-runs the block with autograd on and returns the gradients of x and call.params,
+/// which the engine accumulates into their .grad as without checkpointing. `call` (and the model
+/// it points to) must outlive the backward.
+at::Tensor checkpointed_block(const BlockCall& call, const at::Tensor& x);
+/// The same block with an ordinary autograd forward (no checkpointing).
+at::Tensor run_block(const BlockCall& call, const at::Tensor& x);
+
+/// float32 -> bfloat16 with stochastic rounding: a value between two bfloat16 neighbours rounds
+/// away from zero with probability (distance to the lower-magnitude one) / (their spacing), so the
+/// expectation is the value itself and updates smaller than a bfloat16 ulp still move a weight on
+/// average. Uses LibTorch's default generator of x's device.
+at::Tensor stochastic_round_bf16(const at::Tensor& x);
 
 /// One-line summary and its JSON form.
 std::string binarize_report_text(const BinarizeResult& r, const BinarizeOptions& opt);
