@@ -57,8 +57,24 @@ void register_binarize(CLI::App& app, GlobalOptions& global) {
       ->check(CLI::Range(0.0, 1e6))->capture_default_str();
   cmd->add_option("--l2l-loss-scale", o.l2l_loss_scale, "weight of the summed hidden-state MSE")
       ->check(CLI::Range(0.0, 1e6))->capture_default_str();
-  cmd->add_option("--dtype", o.dtype, "training compute dtype (auto: float32 on CPU, bfloat16 on CUDA)")
+  cmd->add_option("--dtype", o.dtype, "compute dtype of the teacher and student forwards (auto: "
+                                      "float32 on CPU, bfloat16 on CUDA); the trained state's is "
+                                      "--state-dtype")
       ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float16"}))->capture_default_str();
+  cmd->add_option("--state-dtype", o.state_dtype,
+                  "dtype of the latent weights, their gradients and AdamW moments: float32 (master "
+                  "weights, as the reference) or bfloat16 (updates in float32, stored with "
+                  "stochastic rounding: half the memory, needed for a 7B model on one 80 GB card); "
+                  "scales and routers stay float32")
+      ->check(CLI::IsMember({"float32", "bfloat16"}))->capture_default_str();
+  cmd->add_option("--grad-checkpoint", o.grad_checkpoint,
+                  "gradient checkpointing of the student's blocks: keep each block's input only "
+                  "and recompute the block in the backward (auto: on on CUDA, off on CPU)")
+      ->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
+  cmd->add_option("--micro-batch-size", o.micro_batch_size,
+                  "sequences per forward/backward, gradients accumulated over the --batch-size "
+                  "of a step (0: the whole batch at once)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 16))->capture_default_str();
   cmd->add_option("--checkpoint", a->checkpoint, "checkpoint file (default: <output>.checkpoint.h5)");
   cmd->add_option("--checkpoint-every", o.checkpoint_every, "steps between checkpoints (0: only on SIGTERM/SIGUSR1)")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 40))->capture_default_str();
