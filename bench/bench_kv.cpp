@@ -28,6 +28,7 @@
 #include "kvlab/compress/fastkv.hpp"
 #include "kvlab/compress/rpc.hpp"
 #include "kvlab/core/runtime.hpp"
+#include "kvlab/llm/decode_graph.hpp"
 #include "kvlab/llm/model.hpp"
 #include "bench_shapes.hpp"
 
@@ -92,6 +93,8 @@ struct Args {
   compress::RpcOptions rpc;
   compress::FastKVOptions fastkv;
   std::int64_t tsp_layer = -2;  // -2: official 15, or the middle layer of a smaller model
+  std::vector<std::string> fastkv_modes = {"proportional", "constant"};
+  bool eager = false;  // (a) every decode step through Model::forward with the policy's hooks
 };
 
 struct Sync {
@@ -135,12 +138,17 @@ json decode_run(const llm::Model& m, llm::CachePolicy* policy, compress::RpcPoli
     r["prefill_seconds"] = since(t0);
     std::vector<double> step, plain, comp;
     std::uint64_t peak_kv = cache.bytes();
+    // Default: CUDA graphs between RPC's compressions (llm::StaticDecoder), the same for full.
+    std::unique_ptr<llm::StaticDecoder> graphs;
     const auto td = Clock::now();
+    if (!a.eager && llm::StaticDecoder::unsupported_reason(m, cache, policy).empty())
+      graphs = std::make_unique<llm::StaticDecoder>(m, cache, policy, a.decode_tokens, true);
+    r["cuda_graphs"] = graphs != nullptr;
     for (std::int64_t s = 0; s < a.decode_tokens; ++s) {
       const std::int64_t before = rpc ? rpc->compressions() : 0;
       const auto ts = Clock::now();
       at::Tensor pos = at::full({a.batch, 1}, a.prompt + s, at::kLong);
-      logits = m.forward(next, pos, cache, fo);
+      logits = graphs ? graphs->step(next, pos) : m.forward(next, pos, cache, fo);
       next = logits.argmax(-1).cpu().view({a.batch, 1});  // synchronises, as any sampler must
       const double dt = since(ts);
       step.push_back(dt);
@@ -155,6 +163,7 @@ json decode_run(const llm::Model& m, llm::CachePolicy* policy, compress::RpcPoli
     r["kv_bytes_peak"] = peak_kv;
     r["kv_entries_final"] = cache.entries();
     r["layer0_slots_final"] = cache.layer(0).length();
+    if (graphs) r["graph_segments"] = graphs->segments();
     r["peak_device_bytes"] = core::peak_cuda_bytes();
     if (rpc) {
       // (c) each compression step against the median plain step.
@@ -249,6 +258,13 @@ int main(int argc, char** argv) {
   app.add_option("--fastkv-tsp-layer", a.tsp_layer,
                  "FastKV TSP layer (default: the official 15, or the middle of a smaller model)")
       ->check(CLI::Range(-1, 1000));
+  app.add_option("--fastkv-modes", a.fastkv_modes, "(b) FastKV budget modes to run")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"proportional", "constant"}))
+      ->capture_default_str();
+  app.add_flag("--eager", a.eager,
+               "(a) run every decode step through Model::forward with the policy's hooks (no CUDA "
+               "graphs; the ablation)");
   app.add_option("--seed", a.seed, "weights and prompts")->capture_default_str();
   app.add_option("-o,--output", a.output, "also write the JSON here");
   CLI11_PARSE(app, argc, argv);
@@ -312,28 +328,36 @@ int main(int argc, char** argv) {
     }
     if (a.parts != "decode") {
       json p = json::array();
-      compress::FastKVOptions no_tsp = a.fastkv;
-      no_tsp.tsp_layer = -1;
       for (std::int64_t ctx : a.contexts) {
         json row;
         row["context"] = ctx;
-        row["fastkv_options"] = {{"tsp_layer", a.fastkv.tsp_layer},
-                                 {"mode", a.fastkv.mode},
-                                 {"retain_rate", a.fastkv.retain_rate},
-                                 {"tsp_rate", a.fastkv.tsp_rate},
-                                 {"window", a.fastkv.window},
-                                 {"pooling", a.fastkv.pooling}};
         row["full"] = prefill_run(m, [] { return std::make_unique<llm::FullAttention>(); }, ctx,
                                  a.prefill_repeats, a, sync);
-        row["fastkv"] = prefill_run(
-            m, [&] { return std::make_unique<compress::FastKVPolicy>(a.fastkv, 0); }, ctx,
-            a.prefill_repeats, a, sync);
-        // Per-layer compression without TSP, one run: how much of the saving TSP brings.
-        row["fastkv_no_tsp"] = prefill_run(
-            m, [&] { return std::make_unique<compress::FastKVPolicy>(no_tsp, 0); }, ctx, 1, a, sync);
-        if (!row["full"].contains("error") && !row["fastkv"].contains("error"))
-          row["ttft_speedup"] = row["full"]["ttft_seconds_median"].get<double>() /
-                                row["fastkv"]["ttft_seconds_median"].get<double>();
+        // Each budget mode of the official code: "proportional" (the shipped scripts: TSP rate
+        // 0.2, retain 0.1) and "constant" (run_longbench.py's argparse default: TSP length 2048,
+        // 512 KV entries per layer).
+        for (const std::string& mode : a.fastkv_modes) {
+          compress::FastKVOptions fo = a.fastkv;
+          fo.mode = mode;
+          json f;
+          f["options"] = {{"tsp_layer", fo.tsp_layer}, {"mode", fo.mode},
+                          {"retain_rate", fo.retain_rate}, {"tsp_rate", fo.tsp_rate},
+                          {"max_capacity", fo.max_capacity}, {"tsp_length", fo.tsp_length},
+                          {"window", fo.window}, {"pooling", fo.pooling}};
+          f["run"] = prefill_run(
+              m, [&] { return std::make_unique<compress::FastKVPolicy>(fo, 0); }, ctx,
+              a.prefill_repeats, a, sync);
+          // Per-layer compression without TSP, one run: how much of the saving TSP brings.
+          compress::FastKVOptions no_tsp = fo;
+          no_tsp.tsp_layer = -1;
+          f["no_tsp"] = prefill_run(
+              m, [&] { return std::make_unique<compress::FastKVPolicy>(no_tsp, 0); }, ctx, 1, a,
+              sync);
+          if (!row["full"].contains("error") && !f["run"].contains("error"))
+            f["ttft_speedup"] = row["full"]["ttft_seconds_median"].get<double>() /
+                                f["run"]["ttft_seconds_median"].get<double>();
+          row["fastkv_" + mode] = f;
+        }
         std::cerr << "prefill " << ctx << ": " << row.dump() << "\n";
         p.push_back(row);
       }

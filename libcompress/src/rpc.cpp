@@ -109,12 +109,13 @@ void RpcPolicy::after_attention(llm::AttentionStep& s, const at::Tensor& out) {
   LayerState& st = state(s.layer);
   if (!st.trigger) return;
   st.trigger = false;
-  llm::LayerKV& kv = *s.kv;
   std::vector<at::Tensor> sel = st.queries;
   if (opt_.duplicate_current_query || sel.empty()) sel.push_back(s.q);
-  at::Tensor selectors = at::cat(sel, 2);
   st.queries.clear();
+  compress_layer(*s.kv, st, at::cat(sel, 2));
+}
 
+void RpcPolicy::compress_layer(llm::LayerKV& kv, LayerState& st, const at::Tensor& selectors) {
   std::int64_t keep = st.kept + t_;
   if (budget_ > 0) keep = std::min(keep, budget_);
   const std::int64_t len = kv.length(), r = opt_.window, prompt = st.prompt_len;
@@ -132,6 +133,49 @@ void RpcPolicy::after_attention(llm::AttentionStep& s, const at::Tensor& out) {
   st.kept = keep;
   ++st.compressions;
   ++compressions_;
+}
+
+std::int64_t RpcPolicy::static_decode_steps(const llm::KVCache& cache) const {
+  // Every layer compresses on the same schedule; the decode step whose append makes the cache
+  // prompt + kept + R + P long triggers (before_attention: target == P - 1).
+  if (cache.num_layers() == 0) return -1;
+  const std::int64_t len = cache.layer(0).length();
+  std::int64_t prompt = 0, kept = 0;
+  if (!layers_.empty()) {
+    const LayerState& st = layers_.front();
+    for (const LayerState& o : layers_)
+      if (o.prompt_len != st.prompt_len || o.kept != st.kept || o.trigger) return -1;
+    prompt = std::max<std::int64_t>(st.prompt_len, 0);
+    kept = st.kept;
+  }
+  const std::int64_t n = prompt + kept + opt_.window + opt_.interval - len;
+  return n >= 1 ? n : -1;
+}
+
+void RpcPolicy::after_static_decode(llm::KVCache& cache, const std::vector<at::Tensor>& queries) {
+  TORCH_CHECK(static_cast<std::int64_t>(queries.size()) == cache.num_layers(),
+              "RpcPolicy::after_static_decode: one query buffer per layer expected");
+  const std::int64_t r = opt_.window;
+  for (std::int64_t li = 0; li < cache.num_layers(); ++li) {
+    LayerState& st = state(li);
+    if (st.prompt_len < 0) st.prompt_len = 0;
+    // The selectors as the eager hooks collect them: queries cached by earlier eager steps, then
+    // the recorded ones; the last R (fixed), or the last R-1 and the current one again (the
+    // official quirk).
+    std::vector<at::Tensor> parts = st.queries;
+    parts.push_back(queries[static_cast<std::size_t>(li)]);
+    at::Tensor all = at::cat(parts, 2);
+    st.queries.clear();
+    const std::int64_t n = all.size(2);
+    at::Tensor sel;
+    if (opt_.duplicate_current_query) {
+      const std::int64_t m = std::min(n, r - 1);  // the last R-1, the current one among them
+      sel = at::cat({all.narrow(2, n - m, m), all.narrow(2, n - 1, 1)}, 2);
+    } else {
+      sel = all.narrow(2, n - std::min(n, r), std::min(n, r));
+    }
+    compress_layer(cache.layer(li), st, sel);
+  }
 }
 
 at::Tensor RpcPolicy::select(const at::Tensor& keys, const at::Tensor& selectors,

@@ -4,6 +4,8 @@
 
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "kvlab/core/error.hpp"
 #include "kvlab/llm/kv_cache.hpp"
 #include "kvlab/llm/model.hpp"
@@ -20,15 +22,18 @@ namespace kvlab::llm {
 struct DecodeGraph::Impl {
   const Model* model = nullptr;
   KVCache* cache = nullptr;
-  std::int64_t batch = 0, length = 0, end = 0;  // slots in use; slots reserved
+  std::int64_t batch = 0, length = 0, start = 0, end = 0;  // slots in use; at start; reserved
   at::Tensor tokens, positions, slot, logits;   // static inputs and output, on the device
   std::vector<const void*> storage;             // each layer's K storage, to detect reallocation
+  std::vector<at::Tensor> ring;                 // recorded queries per layer [B, H, R, D]
+  at::Tensor ring_slot;                         // [1] on the device: (steps run) mod R
+  StaticDecodeOptions so;
   bool graphed = false;
 #ifdef KVLAB_WITH_CUDA
   std::unique_ptr<at::cuda::CUDAGraph> graph;
 #endif
 
-  void run_static() { logits = model->decode_static(tokens, positions, slot, *cache); }
+  void run_static() { logits = model->decode_static(tokens, positions, slot, *cache, so); }
 };
 
 std::string DecodeGraph::unsupported_reason(const Model& model, const KVCache& cache,
@@ -47,7 +52,12 @@ std::string DecodeGraph::unsupported_reason(const Model& model, const KVCache& c
 }
 
 DecodeGraph::DecodeGraph(const Model& model, KVCache& cache, std::int64_t steps, bool use_graph)
+    : DecodeGraph(model, cache, steps, DecodeGraphOptions{use_graph, 0}) {}
+
+DecodeGraph::DecodeGraph(const Model& model, KVCache& cache, std::int64_t steps,
+                         const DecodeGraphOptions& o)
     : impl_(std::make_unique<Impl>()) {
+  const bool use_graph = o.use_graph;
   const std::string why = unsupported_reason(model, cache, nullptr, use_graph);
   KVLAB_THROW_IF(!why.empty(), UsageError, "cannot replay decode steps as a graph: {}", why);
   KVLAB_THROW_IF(steps < 1, UsageError, "DecodeGraph: steps must be >= 1, got {}", steps);
@@ -56,10 +66,28 @@ DecodeGraph::DecodeGraph(const Model& model, KVCache& cache, std::int64_t steps,
   m.cache = &cache;
   m.batch = cache.batch();
   m.length = cache.layer(0).length();
+  m.start = m.length;
   m.end = m.length + steps;
   cache.reserve(m.end);
   for (std::int64_t i = 0; i < cache.num_layers(); ++i)
     m.storage.push_back(cache.layer(i).storage_keys().data_ptr());
+  // Attend over the slots this graph can have filled, not the whole reservation.
+  m.so.span = m.end;
+  // One mask for all layers only where they hold the same positions (one host check per graph).
+  const at::Tensor p0 = cache.layer(0).positions();
+  for (std::int64_t i = 1; i < cache.num_layers() && m.so.shared_positions; ++i)
+    m.so.shared_positions = at::equal(cache.layer(i).positions(), p0);
+  KVLAB_THROW_IF(o.record_queries < 0, UsageError, "DecodeGraph: record_queries must be >= 0");
+  if (o.record_queries > 0) {
+    const ModelConfig& c = model.config();
+    const auto qopt = at::TensorOptions().device(model.device()).dtype(model.dtype());
+    for (std::int64_t i = 0; i < cache.num_layers(); ++i)
+      m.ring.push_back(
+          at::zeros({m.batch, c.num_attention_heads, o.record_queries, c.head_dim}, qopt));
+    m.ring_slot = at::zeros({1}, at::TensorOptions().device(model.device()).dtype(at::kLong));
+    m.so.query_ring = &m.ring;
+    m.so.ring_slot = m.ring_slot;
+  }
 
   const auto lopt = at::TensorOptions().device(model.device()).dtype(at::kLong);
   m.tokens = at::zeros({m.batch, 1}, lopt);
@@ -93,6 +121,21 @@ DecodeGraph::~DecodeGraph() = default;
 std::int64_t DecodeGraph::steps_left() const { return impl_->end - impl_->length; }
 bool DecodeGraph::graphed() const { return impl_->graphed; }
 
+std::vector<at::Tensor> DecodeGraph::recent_queries() const {
+  const Impl& m = *impl_;
+  std::vector<at::Tensor> out;
+  if (m.ring.empty()) return out;
+  const std::int64_t r = m.ring[0].size(2), run = m.length - m.start;
+  const std::int64_t n = std::min(r, run);
+  for (const at::Tensor& q : m.ring) {
+    // Step s wrote index s mod R: the oldest of the last n sits at (run - n) mod R.
+    const at::Tensor idx =
+        (at::arange(n, at::TensorOptions().dtype(at::kLong)) + (run - n)).remainder(r).to(q.device());
+    out.push_back(q.index_select(2, idx));
+  }
+  return out;
+}
+
 at::Tensor DecodeGraph::step(const at::Tensor& tokens, const at::Tensor& positions) {
   Impl& m = *impl_;
   TORCH_CHECK(tokens.dim() == 2 && tokens.size(0) == m.batch && tokens.size(1) == 1 &&
@@ -108,6 +151,7 @@ at::Tensor DecodeGraph::step(const at::Tensor& tokens, const at::Tensor& positio
   m.tokens.copy_(tokens);
   m.positions.copy_(pos_cpu);
   m.slot.fill_(m.length);
+  if (m.ring_slot.defined()) m.ring_slot.fill_((m.length - m.start) % m.ring[0].size(2));
 #ifdef KVLAB_WITH_CUDA
   if (m.graphed) {
     m.graph->replay();
@@ -125,6 +169,67 @@ at::Tensor DecodeGraph::step(const at::Tensor& tokens, const at::Tensor& positio
     next[static_cast<std::size_t>(i)] = std::max(next[static_cast<std::size_t>(i)], p[i][0] + 1);
   m.cache->set_next_positions(std::move(next));
   return m.logits;
+}
+
+std::string StaticDecoder::unsupported_reason(const Model& model, const KVCache& cache,
+                                              const CachePolicy* policy, bool need_cuda) {
+  if (policy && policy->static_decode_steps(cache) < 1)
+    return fmt::format("the KV-cache policy '{}' needs its hooks in every decode step",
+                       policy->name());
+  return DecodeGraph::unsupported_reason(model, cache, nullptr, need_cuda);
+}
+
+StaticDecoder::StaticDecoder(const Model& model, KVCache& cache, CachePolicy* policy,
+                             std::int64_t max_steps, bool use_graph, std::int64_t segment)
+    : model_(model), cache_(cache), policy_(policy), max_steps_(max_steps),
+      segment_(segment), use_graph_(use_graph) {
+  const std::string why = unsupported_reason(model, cache, policy, use_graph);
+  KVLAB_THROW_IF(!why.empty(), UsageError, "cannot run decode steps statically: {}", why);
+  KVLAB_THROW_IF(max_steps < 1 || segment < 1, UsageError,
+                 "StaticDecoder: max_steps and segment must be >= 1 (got {}, {})", max_steps,
+                 segment);
+  // Reserve up to the policy's first action (all steps for full attention) now: growing a large
+  // cache later would copy it and briefly need twice its memory.
+  const std::int64_t first = policy ? policy->static_decode_steps(cache) : max_steps;
+  cache.reserve(cache.layer(0).length() + std::min(first, max_steps));
+}
+
+StaticDecoder::~StaticDecoder() = default;
+
+void StaticDecoder::start_segment() {
+  graph_.reset();  // frees the previous graph's memory pool first
+  std::int64_t n = std::min(segment_, max_steps_ - done_);
+  DecodeGraphOptions go;
+  go.use_graph = use_graph_;
+  if (policy_) {
+    until_action_ = policy_->static_decode_steps(cache_);
+    KVLAB_THROW_IF(until_action_ < 1, UsageError,
+                   "the KV-cache policy '{}' stopped supporting static decode steps",
+                   policy_->name());
+    // A segment never crosses an action: the recorded queries must all come from one graph.
+    if (until_action_ <= max_steps_ - done_) n = until_action_;
+    go.record_queries = policy_->static_decode_queries();
+  }
+  graph_ = std::make_unique<DecodeGraph>(model_, cache_, n, go);
+  ++segments_;
+}
+
+at::Tensor StaticDecoder::step(const at::Tensor& tokens, const at::Tensor& positions) {
+  KVLAB_THROW_IF(done_ >= max_steps_, UsageError, "StaticDecoder: all {} steps are used",
+                 max_steps_);
+  if (!graph_ || graph_->steps_left() == 0) start_segment();
+  at::Tensor logits = graph_->step(tokens, positions);
+  ++done_;
+  if (policy_ && --until_action_ == 0) {
+    logits = logits.clone();  // the graph's output buffer goes with the graph
+    const std::vector<at::Tensor> q = graph_->recent_queries();
+    graph_.reset();
+    policy_->after_static_decode(cache_, q);
+    ++actions_;
+    // The next graph now, so that its capture counts with the action that made it necessary.
+    if (done_ < max_steps_) start_segment();
+  }
+  return logits;
 }
 
 }  // namespace kvlab::llm

@@ -65,10 +65,11 @@ GenerateResult generate(const Model& model, const std::vector<std::vector<std::i
   at::Tensor logits = model.forward(pb.tokens, pb.positions, cache, fo).cpu();
   r.prefill_seconds = since(t0);
   r.kv_bytes_peak = cache.bytes();
-  std::unique_ptr<DecodeGraph> graph;
+  // Full attention, and policies that act only every so many steps (RPC), replay CUDA graphs.
+  std::unique_ptr<StaticDecoder> graph;
   if (opt.cuda_graphs && opt.max_new_tokens > 1 &&
-      DecodeGraph::unsupported_reason(model, cache, policy).empty())
-    graph = std::make_unique<DecodeGraph>(model, cache, opt.max_new_tokens - 1, true);
+      StaticDecoder::unsupported_reason(model, cache, policy).empty())
+    graph = std::make_unique<StaticDecoder>(model, cache, policy, opt.max_new_tokens - 1, true);
   r.cuda_graph = graph != nullptr;
   std::vector<bool> done(static_cast<std::size_t>(b), opt.max_new_tokens == 0);
   progress.begin("decoding", opt.max_new_tokens, "token");

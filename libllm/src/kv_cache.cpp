@@ -301,4 +301,8 @@ void KVCache::clear() {
   std::fill(next_pos_.begin(), next_pos_.end(), 0);
 }
 
+std::int64_t FullAttention::static_decode_steps(const KVCache&) const {
+  return std::numeric_limits<std::int64_t>::max();
+}
+
 }  // namespace kvlab::llm

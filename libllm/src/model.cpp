@@ -227,11 +227,15 @@ at::Tensor Model::finish_block(const Block& blk, const at::Tensor& x, const at::
 }
 
 at::Tensor Model::decode_static(const at::Tensor& tokens, const at::Tensor& positions,
-                                const at::Tensor& slot, KVCache& cache) const {
+                                const at::Tensor& slot, KVCache& cache,
+                                const StaticDecodeOptions& so) const {
   TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) == 1 && positions.sizes() == tokens.sizes(),
               "Model::decode_static: tokens and positions must both be [B, 1]");
   TORCH_CHECK(cache.num_layers() == num_layers() && cache.batch() == tokens.size(0),
               "Model::decode_static: the cache does not match the model and batch");
+  TORCH_CHECK(!so.query_ring || (static_cast<std::int64_t>(so.query_ring->size()) == num_layers() &&
+                                 so.ring_slot.defined()),
+              "Model::decode_static: query_ring needs one buffer per layer and a ring_slot");
   at::Tensor x = at::embedding(embed_, tokens);  // [B, 1, C]
   const RopeTables rt = rope_tables(inv_freq_, positions, dtype_);
   AttentionOptions ao;
@@ -240,20 +244,29 @@ at::Tensor Model::decode_static(const at::Tensor& tokens, const at::Tensor& posi
   for (std::int64_t li = 0; li < num_layers(); ++li) {
     const Block& blk = blocks_[static_cast<std::size_t>(li)];
     LayerKV& kv = cache.layer(li);
+    const std::int64_t span = so.span > 0 ? std::min(so.span, kv.capacity()) : kv.capacity();
+    const at::Tensor ks = kv.storage_keys().narrow(2, 0, span);
+    const at::Tensor vs = kv.storage_values().narrow(2, 0, span);
+    const at::Tensor ps = kv.storage_positions().narrow(2, 0, span);
+    at::Tensor qrec;  // this layer's query, when recorded
     if (fused_decode_) {
-      at::Tensor y = decode_block_fused(blk, x, rt, positions, slot, kv, ao);
+      at::Tensor y = decode_block_fused(blk, x, rt, positions, slot, kv, span, ao,
+                                        so.query_ring ? &qrec : nullptr);
       if (y.defined()) {
+        if (so.query_ring)
+          (*so.query_ring)[static_cast<std::size_t>(li)].index_copy_(2, so.ring_slot, qrec);
         x = y;
         continue;
       }
     }
     auto [q, k, v] = project_qkv(blk, x, rt);
     kv.write_slot(slot, k, v, positions);
-    // Every layer holds the same positions here (full attention): one mask serves them all
-    // (the fused CUDA decode attention needs none: it masks by position itself).
-    if (li == 0 && !fused_decode_attention(q, kv.storage_keys())) ao.mask = attention_mask(kv.storage_positions(), positions, cfg_.sliding_window);
-    at::Tensor out = attention(q, kv.storage_keys(), kv.storage_values(), kv.storage_positions(),
-                               positions, ao);
+    if (so.query_ring) (*so.query_ring)[static_cast<std::size_t>(li)].index_copy_(2, so.ring_slot, q);
+    // One mask serves every layer when they all hold the same positions (full attention); the
+    // fused CUDA decode attention needs none (it masks by position itself).
+    if ((li == 0 || !so.shared_positions) && !fused_decode_attention(q, ks))
+      ao.mask = attention_mask(ps, positions, cfg_.sliding_window);
+    at::Tensor out = attention(q, ks, vs, ps, positions, ao);
     x = finish_block(blk, x, out);
   }
 #ifdef KVLAB_WITH_CUDA
@@ -305,7 +318,8 @@ bool Model::uses_fused_decode(const KVCache& cache) const {
 
 at::Tensor Model::decode_block_fused(const Block& blk, const at::Tensor& x, const RopeTables& rt,
                                      const at::Tensor& positions, const at::Tensor& slot,
-                                     LayerKV& kv, const AttentionOptions& ao) const {
+                                     LayerKV& kv, std::int64_t span, const AttentionOptions& ao,
+                                     at::Tensor* q_out) const {
 #ifdef KVLAB_WITH_CUDA
   if (!fused_block_ok(blk, kv, x.size(0))) return {};
   const std::int64_t h_q = cfg_.num_attention_heads, h_kv = cfg_.num_key_value_heads,
@@ -323,14 +337,17 @@ at::Tensor Model::decode_block_fused(const Block& blk, const at::Tensor& x, cons
       {bias(lin[0]), bias(lin[1]), bias(lin[2])}, blk.input_layernorm, cfg_.rms_norm_eps);
   const at::Tensor q = cuda::rope_write(qkv, rt.cos, rt.sin, slot, positions, h_q, h_kv, d, ks,
                                         kv.storage_values(), kv.storage_positions());
-  const at::Tensor attn =
-      attention(q, ks, kv.storage_values(), kv.storage_positions(), positions, ao).reshape({-1});
+  if (q_out) *q_out = q;
+  const at::Tensor attn = attention(q, ks.narrow(2, 0, span), kv.storage_values().narrow(2, 0, span),
+                                    kv.storage_positions().narrow(2, 0, span), positions, ao)
+                              .reshape({-1});
   const at::Tensor h = cuda::gemv_residual(attn, lin[3]->dense_weight(), x.contiguous());
   const at::Tensor act = cuda::gemv_gate_up(h.view({-1}), lin[4]->dense_weight(), lin[5]->dense_weight(),
                                             blk.post_attention_layernorm, cfg_.rms_norm_eps);
   return cuda::gemv_residual(act, lin[6]->dense_weight(), h);
 #else
-  (void)blk, (void)x, (void)rt, (void)positions, (void)slot, (void)kv, (void)ao;
+  (void)blk, (void)x, (void)rt, (void)positions, (void)slot, (void)kv, (void)span, (void)ao;
+  (void)q_out;
   return {};
 #endif
 }

@@ -8,14 +8,17 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <memory>
 #include <string>
 
 #include "../llm/tiny_model.hpp"
 #include "../test_util.hpp"
 #include "fixture.hpp"
+#include "kvlab/compress/fastkv.hpp"
 #include "kvlab/compress/rpc.hpp"
 #include "kvlab/core/h5.hpp"
 #include "kvlab/core/tensor_io.hpp"
+#include "kvlab/llm/decode_graph.hpp"
 #include "kvlab/llm/import_export.hpp"
 
 using namespace kvlab;
@@ -57,8 +60,11 @@ struct Run {
 };
 
 // Left-padded batch: row r has prompts[r] tokens, then `gen` teacher-forced decode steps of `cont`.
+// static_steps: the decode steps run through llm::StaticDecoder (the graph path, eager here on the
+// CPU) instead of Model::forward with the policy's hooks.
 Run decode_run(const llm::Model& m, llm::CachePolicy* policy, const std::vector<at::Tensor>& prompts,
-               const std::vector<at::Tensor>& conts, std::int64_t gen) {
+               const std::vector<at::Tensor>& conts, std::int64_t gen, bool static_steps = false,
+               std::vector<at::Tensor>* layer_positions = nullptr) {
   const std::int64_t b = static_cast<std::int64_t>(prompts.size());
   std::int64_t lmax = 0;
   for (const auto& p : prompts) lmax = std::max(lmax, p.size(0));
@@ -73,6 +79,10 @@ Run decode_run(const llm::Model& m, llm::CachePolicy* policy, const std::vector<
   fo.policy = policy;
   fo.logits = llm::LogitsMode::last;
   at::Tensor logits = m.forward(tok, pos, cache, fo);
+  std::unique_ptr<llm::StaticDecoder> sd;
+  if (static_steps)
+    sd = std::make_unique<llm::StaticDecoder>(m, cache, policy, gen, /*use_graph=*/false,
+                                              /*segment=*/50);
   Run run;
   run.nll = at::empty({b, gen});
   for (std::int64_t i = 0; i < gen; ++i) {
@@ -83,8 +93,11 @@ Run decode_run(const llm::Model& m, llm::CachePolicy* policy, const std::vector<
     }
     at::Tensor lp = at::log_softmax(logits, -1);
     run.nll.select(1, i).copy_(-lp.gather(1, next).squeeze(1));
-    logits = m.forward(next, npos, cache, fo);
+    logits = sd ? sd->step(next, npos).clone() : m.forward(next, npos, cache, fo);
   }
+  if (layer_positions)
+    for (std::int64_t l = 0; l < cache.num_layers(); ++l)
+      layer_positions->push_back(cache.layer(l).positions().clone());
   run.bytes = cache.bytes();
   run.entries = cache.entries();
   run.layer0_len = cache.layer(0).length();
@@ -233,4 +246,50 @@ TEST_CASE("rpc: fixture model, batch 2 with left padding: memory shrinks, qualit
   RpcPolicy capped(o, 20);
   Run rc = decode_run(m, &capped, {prompts[0]}, {conts[0]}, gen);
   CHECK(rc.layer0_len == 90 + 20 + 8);
+}
+
+TEST_CASE("rpc: static decode steps (the CUDA-graph path) equal the per-step hooks") {
+  // llm::StaticDecoder runs RPC's plain steps as full-attention static steps recording the last R
+  // queries and compresses between them; on the CPU the same static step runs eagerly. Kept
+  // positions in every layer, the NLL of every step and the cache must equal the hook path, for
+  // both aggregations, the official query quirk on and off, a budget cap and left padding.
+  const llm::Model& m = test::fixture_model_f32();
+  const std::int64_t gen = 170;
+  const std::vector<at::Tensor> prompts = {text_ids(100, 70), text_ids(7000, 45)};
+  const std::vector<at::Tensor> conts = {text_ids(170, gen), text_ids(7045, gen)};
+  struct Case {
+    const char* aggregation;
+    bool quirk;
+    std::int64_t budget;
+  };
+  for (const Case& c : {Case{"all", false, 0}, Case{"all", true, 0}, Case{"group", false, 0},
+                        Case{"group", true, 24}}) {
+    CAPTURE(c.aggregation);
+    CAPTURE(c.quirk);
+    CAPTURE(c.budget);
+    RpcOptions o;
+    o.interval = 48;
+    o.window = 8;
+    o.ratio = 3;  // T = 16
+    o.aggregation = c.aggregation;
+    o.duplicate_current_query = c.quirk;
+    RpcPolicy hooks(o, c.budget), graphs(o, c.budget);
+    std::vector<at::Tensor> pos_hooks, pos_graphs;
+    Run a = decode_run(m, &hooks, prompts, conts, gen, false, &pos_hooks);
+    Run b = decode_run(m, &graphs, prompts, conts, gen, true, &pos_graphs);
+    // Compressions at 56, 104 and 152 generated tokens, in every layer.
+    CHECK(hooks.compressions() == 3 * m.num_layers());
+    CHECK(graphs.compressions() == hooks.compressions());
+    CHECK(b.layer0_len == a.layer0_len);
+    CHECK(b.entries == a.entries);
+    REQUIRE(pos_graphs.size() == pos_hooks.size());
+    for (std::size_t l = 0; l < pos_hooks.size(); ++l) CHECK(at::equal(pos_graphs[l], pos_hooks[l]));
+    CHECK(at::allclose(b.nll, a.nll, 1e-4, 1e-4));
+  }
+  // Full attention runs statically; a policy that needs its hooks every step is refused by name.
+  const llm::KVCache cache = m.make_cache(1);
+  CHECK(llm::StaticDecoder::unsupported_reason(m, cache, nullptr, false).empty());
+  compress::FastKVPolicy fastkv(compress::FastKVOptions{}, 0);
+  CHECK(llm::StaticDecoder::unsupported_reason(m, cache, &fastkv, false).find("'fastkv'") !=
+        std::string::npos);
 }

@@ -65,6 +65,12 @@ class RpcPolicy : public llm::CachePolicy {
   std::string name() const override { return "rpc"; }
   void before_attention(llm::AttentionStep& s) override;
   void after_attention(llm::AttentionStep& s, const at::Tensor& out) override;
+  /// Static decoding (llm::StaticDecoder): the steps up to the next compression run as plain graph
+  /// steps recording the last R queries; the compression then runs between graphs, exactly as the
+  /// hooks would have done it in the triggering step.
+  std::int64_t static_decode_steps(const llm::KVCache& cache) const override;
+  std::int64_t static_decode_queries() const override { return opt_.window; }
+  void after_static_decode(llm::KVCache& cache, const std::vector<at::Tensor>& queries) override;
 
   const RpcOptions& options() const { return opt_; }
   /// T = int(P / c).
@@ -92,6 +98,8 @@ class RpcPolicy : public llm::CachePolicy {
     bool trigger = false;             ///< this step compresses (set in before_attention)
   };
   LayerState& state(std::int64_t layer);
+  /// One layer's compression with these selectors [B, H, R', D].
+  void compress_layer(llm::LayerKV& kv, LayerState& st, const at::Tensor& selectors);
 
   RpcOptions opt_;
   std::int64_t budget_ = 0, t_ = 0, compressions_ = 0;

@@ -202,12 +202,26 @@ class CachePolicy {
   }
   /// After the whole forward (all layers, logits computed).
   virtual void after_forward(KVCache& cache, Phase phase) {}
+
+  // --- static decoding (StaticDecoder: decode steps replayed as a CUDA graph) ---
+  // A policy that acts only every so many decode steps (RPC) can let those steps run as plain
+  // full attention over its cache, which a graph replays, and act between them. The result must
+  // equal running its hooks in every step (tests check RPC's).
+  /// Decode steps that may run as plain attention from now on, the step after which the policy
+  /// acts included (>= 1); -1 (the default): the policy needs its hooks in every decode step.
+  virtual std::int64_t static_decode_steps(const KVCache& cache) const { return -1; }
+  /// How many of the most recent post-RoPE queries per layer the policy needs when it acts.
+  virtual std::int64_t static_decode_queries() const { return 0; }
+  /// Acts after the step static_decode_steps() named: queries[l] = layer l's most recent queries
+  /// [B, H, N, D], oldest first (N <= static_decode_queries(); fewer when fewer steps ran).
+  virtual void after_static_decode(KVCache& cache, const std::vector<at::Tensor>& queries) {}
 };
 
 /// Full attention: keeps every entry.
 class FullAttention : public CachePolicy {
  public:
   std::string name() const override { return "full"; }
+  std::int64_t static_decode_steps(const KVCache&) const override;
 };
 
 }  // namespace kvlab::llm

@@ -83,6 +83,21 @@ struct ForwardOptions {
   std::int64_t first_block = 0;
 };
 
+/// Options of Model::decode_static (DecodeGraph sets them).
+struct StaticDecodeOptions {
+  /// Slots of each layer's storage that attention reads (0: the whole storage). Slots in
+  /// [length, span) must be empty or written by this segment's steps.
+  std::int64_t span = 0;
+  /// Every layer holds the same positions in the same slots (full attention from one prefill):
+  /// one attention mask serves all layers. false after per-layer compression (RPC).
+  bool shared_positions = true;
+  /// Query recording for decode-time compression (RPC's selector window): when set, layer l's
+  /// post-RoPE query [B, H, 1, D] is written into (*query_ring)[l] [B, H, R, D] at index
+  /// ring_slot ([1] int64 on the device).
+  const std::vector<at::Tensor>* query_ring = nullptr;
+  at::Tensor ring_slot;
+};
+
 class Model {
  public:
   /// Builds the model from HF-named weights (copied to the device and dtype). Missing or
@@ -118,11 +133,12 @@ class Model {
   /// One decode step of full attention that never synchronises with the host nor reallocates, so
   /// that a CUDA graph can capture it (DecodeGraph): tokens, positions [B, 1] int64 on the model's
   /// device (positions >= 0), slot [1] int64 on the device = the slot every layer writes (each
-  /// layer's length(), all equal). Attention reads each layer's whole storage, masked by position.
-  /// Each layer's host-side length is left unchanged: the caller commits the written slot.
-  /// Returns float32 logits [B, V] of the step.
+  /// layer's length(), all equal). Attention reads the first `so.span` slots of each layer's
+  /// storage (all of it when 0), masked by position. Each layer's host-side length is left
+  /// unchanged: the caller commits the written slot. Returns float32 logits [B, V] of the step.
   at::Tensor decode_static(const at::Tensor& tokens, const at::Tensor& positions,
-                           const at::Tensor& slot, KVCache& cache) const;
+                           const at::Tensor& slot, KVCache& cache,
+                           const StaticDecodeOptions& so = {}) const;
   /// Whether decode_static may use the batch-1 fused CUDA block (GEMV kernels with the bias,
   /// residual and SwiGLU epilogues, RoPE fused with the cache write; docs/performance.md). On by
   /// default; off gives the ATen/cuBLAS step (the benchmark's ablation, the tests' reference).
@@ -158,7 +174,8 @@ class Model {
   bool fused_block_ok(const Block& blk, const LayerKV& kv, std::int64_t batch) const;
   at::Tensor decode_block_fused(const Block& blk, const at::Tensor& x, const RopeTables& rt,
                                 const at::Tensor& positions, const at::Tensor& slot,
-                                LayerKV& kv, const AttentionOptions& ao) const;
+                                LayerKV& kv, std::int64_t span, const AttentionOptions& ao,
+                                at::Tensor* q_out) const;
 
   ModelConfig cfg_;
   at::Device device_{at::kCPU};
