@@ -9,8 +9,16 @@
 #include <cmath>
 
 #include "kvlab/core/error.hpp"
+#include "mos_kernels.hpp"
+#ifdef KVLAB_WITH_CUDA
+#include "cuda/mos_kernels.hpp"
+#endif
 
 namespace kvlab::binary {
+
+#ifdef KVLAB_WITH_CUDA
+static_assert(cuda::kMaxExperts == kMosCudaMaxExperts, "mos.hpp and cuda/mos_kernels.hpp disagree");
+#endif
 
 MosParams init_mos(const at::Tensor& w, std::int64_t experts, const std::optional<at::Tensor>& bias) {
   KVLAB_THROW_IF(experts < 1, UsageError, "--experts {}: must be at least 1", experts);
@@ -88,20 +96,24 @@ at::Tensor pack_signs(const at::Tensor& w) {
 }
 
 namespace {
-// [256, 8] lookup table: entry b holds bit j of b as +-1.
+// [256, 8] lookup table: entry b holds bit j of b as +-1 (built on the host: not for forward).
 at::Tensor sign_table(at::Device dev, c10::ScalarType dtype) {
   std::vector<float> t(256 * 8);
   for (int b = 0; b < 256; ++b)
     for (int j = 0; j < 8; ++j) t[static_cast<std::size_t>(b * 8 + j)] = ((b >> j) & 1) ? 1.f : -1.f;
   return at::tensor(t).view({256, 8}).to(dev, dtype);
 }
-}  // namespace
 
-at::Tensor unpack_signs(const at::Tensor& packed, std::int64_t in, c10::ScalarType dtype) {
-  const at::Tensor table = sign_table(packed.device(), dtype);
+at::Tensor unpack_with_table(const at::Tensor& table, const at::Tensor& packed, std::int64_t in) {
   const std::int64_t rows = packed.size(0), k8 = packed.size(1);
   at::Tensor u = at::embedding(table, packed.to(at::kLong)).view({rows, k8 * 8});
   return k8 * 8 == in ? u : u.narrow(1, 0, in);
+}
+}  // namespace
+
+at::Tensor unpack_signs(const at::Tensor& packed, std::int64_t in, c10::ScalarType dtype) {
+  if (packed.device().is_cpu()) return detail::unpack_signs_cpu(packed, in, dtype);
+  return unpack_with_table(sign_table(packed.device(), dtype), packed, in);
 }
 
 // ------------------------------------------------------------------------ PackedMosLinear --
@@ -143,6 +155,16 @@ PackedMosLinear::PackedMosLinear(const llm::LinearRecord& r, at::Device dev, c10
                    "binary-mos layer: bias has {} elements, expected {}", it->second.numel(), out_);
     bias_ = it->second.to(dev, dtype).contiguous();
   }
+  if (dev.is_cuda()) {
+    const std::int64_t k8 = packed_.size(1), k16 = (k8 + 15) / 16 * 16;
+    if (k16 == k8) {
+      bits16_ = packed_;
+    } else {
+      bits16_ = at::zeros({out_, k16}, packed_.options());
+      bits16_.narrow(1, 0, k8).copy_(packed_);
+    }
+    sign_table_ = sign_table(dev, dtype);
+  }
 }
 
 std::shared_ptr<PackedMosLinear> PackedMosLinear::pack(const MosParams& p, at::Device dev,
@@ -161,7 +183,49 @@ std::shared_ptr<PackedMosLinear> PackedMosLinear::pack(const MosParams& p, at::D
   return std::make_shared<PackedMosLinear>(r, dev, dtype);
 }
 
+bool PackedMosLinear::fused_supports(const at::Tensor& x) const {
+  const auto dt = x.scalar_type();
+  if (dt != at::kFloat && dt != at::kBFloat16 && dt != at::kHalf) return false;
+  if (x.device() != packed_.device() || x.size(-1) != in_) return false;
+  if (x.device().is_cpu()) return true;
+#ifdef KVLAB_WITH_CUDA
+  return x.is_cuda() && experts() <= kMosCudaMaxExperts;
+#else
+  return false;
+#endif
+}
+
 at::Tensor PackedMosLinear::forward(const at::Tensor& x) const {
+  const std::int64_t rows = in_ > 0 ? x.numel() / in_ : 0;
+  if (rows >= 1 && rows <= fused_max_rows_ && fused_supports(x)) return forward_fused(x);
+  return forward_unpacked(x);
+}
+
+at::Tensor PackedMosLinear::forward_fused(const at::Tensor& x) const {
+  KVLAB_THROW_IF(!fused_supports(x), UsageError,
+                 "binary-mos layer: no fused kernel for a {} input [{}] on {} (layer [{}, {}] on {}); "
+                 "use forward_unpacked",
+                 c10::toString(x.scalar_type()), fmt::join(x.sizes(), ", "), x.device().str(),
+                 out_, in_, packed_.device().str());
+  const auto dt = x.scalar_type();
+  std::vector<std::int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = out_;
+  const at::Tensor x2 = x.reshape({-1, in_}).contiguous();
+  // The parameters are stored in the layer's dtype; a different activation dtype casts them
+  // (device to device on CUDA, so still capture safe).
+  const auto cast = [&](const at::Tensor& t) { return t.defined() ? t.to(dt).contiguous() : t; };
+  at::Tensor y;
+#ifdef KVLAB_WITH_CUDA
+  if (x2.is_cuda()) {
+    y = cuda::mos_gemv(x2, bits16_, in_, cast(s_in_), cast(s_out_), cast(router_), cast(bias_));
+    return y.view(out_shape);
+  }
+#endif
+  y = detail::mos_gemv_cpu(x2, packed_, in_, cast(s_in_), cast(s_out_), cast(router_), cast(bias_));
+  return y.view(out_shape);
+}
+
+at::Tensor PackedMosLinear::forward_unpacked(const at::Tensor& x) const {
   const auto dt = x.scalar_type();
   std::vector<std::int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_;
@@ -177,17 +241,22 @@ at::Tensor PackedMosLinear::forward(const at::Tensor& x) const {
   }
   const at::Tensor xs = x2 * si;
   // Unpack sign bits a tile of output rows at a time (bounded temporary memory: by default about
-  // 4M weights per tile), multiply, and place the tile's columns.
+  // 4M weights per tile), multiply, and place the tile's columns. On the CPU the tile is written
+  // directly (mos_kernels_cpu.cpp); elsewhere through the lookup table cached at construction.
+  const auto unpack = [&](const at::Tensor& p) {
+    if (p.device().is_cpu()) return detail::unpack_signs_cpu(p, in_, dt);
+    return unpack_with_table(sign_table_.to(dt), p, in_);
+  };
   const std::int64_t tile =
       tile_rows_ > 0 ? tile_rows_ : std::max<std::int64_t>(1, (std::int64_t{1} << 22) / in_);
   at::Tensor y;
   if (tile >= out_) {
-    y = at::matmul(xs, unpack_signs(packed_, in_, dt).t());
+    y = at::matmul(xs, unpack(packed_).t());
   } else {
     y = at::empty({x2.size(0), out_}, x2.options());
     for (std::int64_t r0 = 0; r0 < out_; r0 += tile) {
       const std::int64_t n = std::min(tile, out_ - r0);
-      y.narrow(1, r0, n).copy_(at::matmul(xs, unpack_signs(packed_.narrow(0, r0, n), in_, dt).t()));
+      y.narrow(1, r0, n).copy_(at::matmul(xs, unpack(packed_.narrow(0, r0, n)).t()));
     }
   }
   y = y * so;

@@ -4,7 +4,9 @@
 // formula (mos_forward):
 //   - MosParams: float tensors (latent weight, scales, router) for initialisation and training;
 //   - PackedMosLinear: the llm::Linear of a binarized model: sign bits packed 8 per byte plus
-//     scales/router/bias, forward from the packed bits (unpacked per tile of output rows);
+//     scales/router/bias, forward from the packed bits: a fused binary GEMV for a few rows of x
+//     (decode; CPU AVX-512/AVX2/scalar in mos_kernels_cpu.cpp, CUDA in cuda/mos_kernels.cu),
+//     else unpacked per tile of output rows and multiplied with ATen (prefill);
 //   - its LinearRecord (kind "binary-mos") in a model artifact's /linears group, scales fp16.
 #pragma once
 
@@ -61,6 +63,24 @@ at::Tensor pack_signs(const at::Tensor& w);
 /// The inverse as +-1 of `dtype` [rows, in] on packed's device (a 256-entry lookup table).
 at::Tensor unpack_signs(const at::Tensor& packed, std::int64_t in, c10::ScalarType dtype);
 
+/// Instruction set of the fused CPU kernels. Auto (the default) takes the best one the CPU has
+/// (AVX-512F, else AVX2, else the portable scalar loop); the others force one, for tests and
+/// measurements.
+enum class MosCpuIsa { Auto, Avx512, Avx2, Scalar };
+/// UsageError when the CPU (or this build) lacks `isa`. Process-wide.
+void set_mos_cpu_isa(MosCpuIsa isa);
+bool mos_cpu_isa_supported(MosCpuIsa isa);
+/// The ISA the CPU kernels use now (never Auto).
+MosCpuIsa mos_cpu_isa();
+const char* mos_cpu_isa_name(MosCpuIsa isa);
+
+/// Rows of x (tokens) up to which PackedMosLinear::forward takes the fused kernel by default;
+/// above, the tile-unpack ATen path. On the CPU the fused kernel's time grows linearly with the
+/// rows while the ATen GEMM's does not (measurements: docs/binarize.md).
+inline constexpr std::int64_t kMosFusedMaxRows = 8;
+/// The CUDA kernel's limit on the number of experts (more: the ATen path).
+inline constexpr std::int64_t kMosCudaMaxExperts = 64;
+
 /// The packed inference layer.
 class PackedMosLinear : public llm::Linear {
  public:
@@ -71,7 +91,20 @@ class PackedMosLinear : public llm::Linear {
   static std::shared_ptr<PackedMosLinear> pack(const MosParams& p, at::Device dev,
                                                c10::ScalarType dtype);
 
+  /// forward_fused when x has 1..fused_max_rows() rows (tokens) and fused_supports(x), else
+  /// forward_unpacked. x: [..., in] -> [..., out].
   at::Tensor forward(const at::Tensor& x) const override;
+  /// The fused kernel (binary GEMV over the packed bits, router and scales included): CPU, or
+  /// CUDA in a CUDA build; fp32/bf16/fp16. No host synchronisation, host-to-device copy or
+  /// CPU tensor on CUDA (CUDA-graph capture safe). UsageError where !fused_supports(x).
+  at::Tensor forward_fused(const at::Tensor& x) const;
+  /// Tile-unpack path: +-1 tiles of output rows unpacked, multiplied with ATen.
+  at::Tensor forward_unpacked(const at::Tensor& x) const;
+  /// Whether forward_fused handles x (device, dtype, build; any number of rows).
+  bool fused_supports(const at::Tensor& x) const;
+  /// Rows of x up to which forward takes the fused kernel (0: never).
+  void set_fused_max_rows(std::int64_t rows) { fused_max_rows_ = rows; }
+  std::int64_t fused_max_rows() const { return fused_max_rows_; }
   std::int64_t in_features() const override { return in_; }
   std::int64_t out_features() const override { return out_; }
   std::string kind() const override { return kMosLinearKind; }
@@ -91,7 +124,11 @@ class PackedMosLinear : public llm::Linear {
  private:
   PackedMosLinear() = default;
   at::Tensor packed_, s_in_, s_out_, router_, bias_;
-  std::int64_t in_ = 0, out_ = 0, tile_rows_ = 0;
+  /// CUDA only: the bits with rows padded to 16 bytes (the kernel's 128-bit loads; packed_
+  /// itself where its rows already are), and the +-1 lookup table of the tile path, both made
+  /// once here so that forward never copies from the host.
+  at::Tensor bits16_, sign_table_;
+  std::int64_t in_ = 0, out_ = 0, tile_rows_ = 0, fused_max_rows_ = kMosFusedMaxRows;
 };
 
 /// Bytes a stored layer takes in a model artifact's datasets: packed bits, fp16 scales, fp16
