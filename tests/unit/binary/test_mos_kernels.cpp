@@ -148,7 +148,9 @@ TEST_CASE("fused kernel ignores the padding bits of the last byte of a row") {
   const binary::MosParams p = random_params(in, out, 1, false);
   const auto clean = binary::PackedMosLinear::pack(p, at::kCPU, at::kFloat);
   llm::LinearRecord r = clean->record();
+  r.tensors["packed"] = r.tensors["packed"].clone();   // (a CPU layer's record shares its bits)
   r.tensors["packed"].select(1, 5).bitwise_or_(0xE0);  // bits 45..47 set: past the width
+  REQUIRE(r.tensors["packed"][0][5].item<int>() >= 0xE0);
   for (const at::Device dev : {at::Device(at::kCPU), at::Device(at::kCUDA)}) {
     if (dev.is_cuda() && !at::hasCUDA()) continue;
     CAPTURE(dev.str());
