@@ -163,7 +163,11 @@ json decode_run(const llm::Model& m, llm::CachePolicy* policy, compress::RpcPoli
     r["kv_bytes_peak"] = peak_kv;
     r["kv_entries_final"] = cache.entries();
     r["layer0_slots_final"] = cache.layer(0).length();
-    if (graphs) r["graph_segments"] = graphs->segments();
+    if (graphs) {
+      r["graph_segments"] = graphs->segments();
+      r["policy_action_seconds"] = graphs->action_seconds();
+      r["graph_capture_after_action_seconds"] = graphs->capture_seconds();
+    }
     r["peak_device_bytes"] = core::peak_cuda_bytes();
     if (rpc) {
       // (c) each compression step against the median plain step.

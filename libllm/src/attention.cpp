@@ -27,9 +27,10 @@ bool has_sdpa() { return KVLAB_HAS_SDPA != 0; }
 
 bool fused_decode_attention(const at::Tensor& q, const at::Tensor& k) {
 #ifdef KVLAB_WITH_CUDA
-  // Split-K pays off where (sequence, KV head) pairs are too few to fill the GPU; with many
-  // (batch 16 x 8 heads) SDPA's kernel is faster on an H100 (docs/performance.md).
-  constexpr std::int64_t kMaxPairs = 32;
+  // The warp-level decode attention masks by position itself (no mask tensor) and was measured
+  // faster than SDPA up to batch 16 x 8 KV heads on an H100 (docs/performance.md); beyond that,
+  // unmeasured, SDPA's kernel.
+  constexpr std::int64_t kMaxPairs = 128;
   return q.dim() == 4 && k.dim() == 4 && q.size(1) % k.size(1) == 0 &&
          q.size(0) * k.size(1) <= kMaxPairs &&
          cuda::decode_attention_supports(q, k) && k.stride(3) == 1 && k.stride(2) == k.size(3);

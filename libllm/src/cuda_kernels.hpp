@@ -51,9 +51,9 @@ at::Tensor gemv_residual(const at::Tensor& x, const at::Tensor& w, const at::Ten
 at::Tensor gemv_gate_up(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up,
                         const at::Tensor& norm_w = {}, double eps = 0.0);
 
-/// RoPE (cos/sin [1, 1, D]) of the q and k heads in qkv ([Hq + 2 Hkv] x D, from gemv), k and v
-/// written into the cache storage [1, Hkv, L, D] at slot[0] and qpos[0] into the positions
-/// [1, Hkv, L]; returns q [1, Hq, 1, D].
+/// RoPE (cos/sin [B, 1, D]) of the q and k heads in qkv (B rows of [Hq + 2 Hkv] x D, from gemv
+/// or one fused q/k/v GEMM), k and v written into the cache storage [B, Hkv, L, D] at slot[0] and
+/// qpos[b] into the positions [B, Hkv, L]; returns q [B, Hq, 1, D].
 at::Tensor rope_write(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin,
                       const at::Tensor& slot, const at::Tensor& qpos, std::int64_t hq,
                       std::int64_t hkv, std::int64_t dim, const at::Tensor& ks,

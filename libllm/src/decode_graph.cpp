@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <chrono>
 #include <vector>
 
 #include <fmt/format.h>
@@ -221,13 +222,23 @@ at::Tensor StaticDecoder::step(const at::Tensor& tokens, const at::Tensor& posit
   at::Tensor logits = graph_->step(tokens, positions);
   ++done_;
   if (policy_ && --until_action_ == 0) {
+    // Timed apart (one device synchronisation per action): the benchmark reports both parts.
+    auto sync = [&] {
+      if (model_.device().is_cuda()) (void)at::zeros({1}, at::TensorOptions().device(model_.device())).cpu();
+    };
+    sync();
+    const auto t0 = std::chrono::steady_clock::now();
     logits = logits.clone();  // the graph's output buffer goes with the graph
     const std::vector<at::Tensor> q = graph_->recent_queries();
     graph_.reset();
     policy_->after_static_decode(cache_, q);
     ++actions_;
+    sync();
+    const auto t1 = std::chrono::steady_clock::now();
+    action_seconds_ += std::chrono::duration<double>(t1 - t0).count();
     // The next graph now, so that its capture counts with the action that made it necessary.
     if (done_ < max_steps_) start_segment();
+    capture_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   }
   return logits;
 }

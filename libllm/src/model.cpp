@@ -23,6 +23,49 @@ DenseLinear::DenseLinear(at::Tensor weight, std::optional<at::Tensor> bias)
 
 at::Tensor DenseLinear::forward(const at::Tensor& x) const { return at::linear(x, w_, b_); }
 
+void Block::fuse_weights() {
+  auto dense = [](const std::shared_ptr<Linear>& l) {
+    return dynamic_cast<const DenseLinear*>(l.get()) != nullptr;
+  };
+  // Concatenates the weights (and biases: all or none) of `ls` along the output dimension and
+  // replaces each layer by a view into the result.
+  auto fuse = [](std::vector<std::shared_ptr<Linear>*> ls, at::Tensor& w_out, at::Tensor* b_out) {
+    std::vector<at::Tensor> ws, bs;
+    for (auto* l : ls) {
+      ws.push_back((*l)->dense_weight());
+      if (auto b = (*l)->bias()) bs.push_back(*b);
+    }
+    if (!bs.empty() && bs.size() != ls.size()) return false;
+    if (!bs.empty() && !b_out) return false;
+    for (const at::Tensor& w : ws)
+      if (w.scalar_type() != ws[0].scalar_type() || w.size(1) != ws[0].size(1)) return false;
+    const at::Tensor w = at::cat(ws, 0);
+    const at::Tensor b = bs.empty() ? at::Tensor() : at::cat(bs, 0);
+    std::int64_t row = 0;
+    for (std::size_t i = 0; i < ls.size(); ++i) {
+      const std::int64_t n = ws[i].size(0);
+      std::optional<at::Tensor> bi;
+      if (b.defined()) bi = b.narrow(0, row, n);
+      *ls[i] = std::make_shared<DenseLinear>(w.narrow(0, row, n), bi);
+      row += n;
+    }
+    w_out = w;
+    if (b_out) *b_out = b;
+    return true;
+  };
+  if (dense(q_proj) && dense(k_proj) && dense(v_proj) &&
+      fuse({&q_proj, &k_proj, &v_proj}, qkv_weight, &qkv_bias)) {
+    fused_from[0] = q_proj.get();
+    fused_from[1] = k_proj.get();
+    fused_from[2] = v_proj.get();
+  }
+  if (dense(gate_proj) && dense(up_proj) && !gate_proj->bias() && !up_proj->bias() &&
+      fuse({&gate_proj, &up_proj}, gate_up_weight, nullptr)) {
+    fused_from[3] = gate_proj.get();
+    fused_from[4] = up_proj.get();
+  }
+}
+
 std::optional<at::Tensor> DenseLinear::bias() const {
   if (b_.defined()) return b_;
   return std::nullopt;
@@ -166,6 +209,7 @@ Model Model::build(const ModelConfig& cfg, at::Device dev, c10::ScalarType dtype
     b.gate_proj = lin("mlp.gate_proj", false);
     b.up_proj = lin("mlp.up_proj", false);
     b.down_proj = lin("mlp.down_proj", false);
+    if (dev.is_cuda()) b.fuse_weights();
     m.blocks_.push_back(std::move(b));
   }
   m.inv_freq_ = rope_inv_freq(m.cfg_).to(m.device_);
@@ -212,9 +256,17 @@ Model::Qkv Model::project_qkv(const Block& blk, const at::Tensor& x, const RopeT
   const std::int64_t h_q = cfg_.num_attention_heads, h_kv = cfg_.num_key_value_heads,
                      d = cfg_.head_dim;
   at::Tensor xn = rms_norm(x, blk.input_layernorm);
-  at::Tensor q = blk.q_proj->forward(xn).view({b, t, h_q, d}).transpose(1, 2);
-  at::Tensor k = blk.k_proj->forward(xn).view({b, t, h_kv, d}).transpose(1, 2);
-  at::Tensor v = blk.v_proj->forward(xn).view({b, t, h_kv, d}).transpose(1, 2);
+  at::Tensor q, k, v;
+  if (blk.qkv_fused()) {  // one GEMM for the three
+    const at::Tensor qkv = at::linear(xn, blk.qkv_weight, blk.qkv_bias);
+    q = qkv.narrow(-1, 0, h_q * d).view({b, t, h_q, d}).transpose(1, 2);
+    k = qkv.narrow(-1, h_q * d, h_kv * d).view({b, t, h_kv, d}).transpose(1, 2);
+    v = qkv.narrow(-1, (h_q + h_kv) * d, h_kv * d).view({b, t, h_kv, d}).transpose(1, 2);
+  } else {
+    q = blk.q_proj->forward(xn).view({b, t, h_q, d}).transpose(1, 2);
+    k = blk.k_proj->forward(xn).view({b, t, h_kv, d}).transpose(1, 2);
+    v = blk.v_proj->forward(xn).view({b, t, h_kv, d}).transpose(1, 2);
+  }
   return {apply_rope(q, rt).contiguous(), apply_rope(k, rt), v};
 }
 
@@ -223,6 +275,11 @@ at::Tensor Model::finish_block(const Block& blk, const at::Tensor& x, const at::
   at::Tensor h = x + blk.o_proj->forward(attn.transpose(1, 2).reshape(
                          {b, t, cfg_.num_attention_heads * cfg_.head_dim}));
   at::Tensor hn = rms_norm(h, blk.post_attention_layernorm);
+  if (blk.gate_up_fused()) {  // one GEMM for gate and up
+    const at::Tensor gu = at::linear(hn, blk.gate_up_weight);
+    const std::int64_t f = gu.size(-1) / 2;
+    return h + blk.down_proj->forward(at::silu(gu.narrow(-1, 0, f)) * gu.narrow(-1, f, f));
+  }
   return h + blk.down_proj->forward(at::silu(blk.gate_proj->forward(hn)) * blk.up_proj->forward(hn));
 }
 
@@ -252,6 +309,16 @@ at::Tensor Model::decode_static(const at::Tensor& tokens, const at::Tensor& posi
     if (fused_decode_) {
       at::Tensor y = decode_block_fused(blk, x, rt, positions, slot, kv, span, ao,
                                         so.query_ring ? &qrec : nullptr);
+      if (y.defined()) {
+        if (so.query_ring)
+          (*so.query_ring)[static_cast<std::size_t>(li)].index_copy_(2, so.ring_slot, qrec);
+        x = y;
+        continue;
+      }
+    }
+    if (fused_decode_) {
+      at::Tensor y = decode_block_batched(blk, x, rt, positions, slot, kv, span, ao,
+                                          so.query_ring ? &qrec : nullptr);
       if (y.defined()) {
         if (so.query_ring)
           (*so.query_ring)[static_cast<std::size_t>(li)].index_copy_(2, so.ring_slot, qrec);
@@ -314,6 +381,44 @@ bool Model::uses_fused_decode(const KVCache& cache) const {
     if (!fused_block_ok(blocks_[static_cast<std::size_t>(li)], cache.layer(li), cache.batch()))
       return false;
   return true;
+}
+
+at::Tensor Model::decode_block_batched(const Block& blk, const at::Tensor& x, const RopeTables& rt,
+                                       const at::Tensor& positions, const at::Tensor& slot,
+                                       LayerKV& kv, std::int64_t span, const AttentionOptions& ao,
+                                       at::Tensor* q_out) const {
+#ifdef KVLAB_WITH_CUDA
+  const std::int64_t b = x.size(0), c = x.size(2);
+  const std::int64_t h_q = cfg_.num_attention_heads, h_kv = cfg_.num_key_value_heads,
+                     d = cfg_.head_dim;
+  if (!x.is_cuda() || !blk.qkv_fused() || !blk.gate_up_fused() || kv.page_size() != 0 ||
+      blk.o_proj->kind() != "dense" || blk.down_proj->kind() != "dense" || blk.o_proj->bias() ||
+      blk.down_proj->bias() || kv.storage_positions().stride(2) != 1 ||
+      rt.cos.numel() != b * d)
+    return {};
+  const at::Tensor& ks = kv.storage_keys();
+  const at::Tensor qshape = at::empty({b, h_q, 1, d}, x.options());
+  if (!fused_decode_attention(qshape, ks)) return {};
+  const at::Tensor xn = rms_norm(x, blk.input_layernorm);
+  const at::Tensor qkv = at::linear(xn, blk.qkv_weight, blk.qkv_bias).contiguous();  // [B, 1, N]
+  const at::Tensor q = cuda::rope_write(qkv, rt.cos, rt.sin, slot, positions, h_q, h_kv, d, ks,
+                                        kv.storage_values(), kv.storage_positions());
+  if (q_out) *q_out = q;
+  const at::Tensor attn = attention(q, ks.narrow(2, 0, span), kv.storage_values().narrow(2, 0, span),
+                                    kv.storage_positions().narrow(2, 0, span), positions, ao);
+  // The residual stream is this step's own tensor: o_proj and down_proj accumulate into it.
+  at::Tensor h = x.reshape({b, c});
+  h.addmm_(attn.reshape({b, h_q * d}), blk.o_proj->dense_weight().t());
+  const at::Tensor hn = rms_norm(h, blk.post_attention_layernorm);
+  const at::Tensor gu = at::linear(hn, blk.gate_up_weight);
+  const std::int64_t f = gu.size(-1) / 2;
+  h.addmm_(at::silu(gu.narrow(-1, 0, f)) * gu.narrow(-1, f, f), blk.down_proj->dense_weight().t());
+  return h.view({b, 1, c});
+#else
+  (void)blk, (void)x, (void)rt, (void)positions, (void)slot, (void)kv, (void)span, (void)ao;
+  (void)q_out;
+  return {};
+#endif
 }
 
 at::Tensor Model::decode_block_fused(const Block& blk, const at::Tensor& x, const RopeTables& rt,

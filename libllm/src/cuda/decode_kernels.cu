@@ -493,8 +493,18 @@ __global__ void rope_write_kernel(const T* __restrict__ qkv, const T* __restrict
                                   const long long* __restrict__ qpos, T* __restrict__ q_out,
                                   T* __restrict__ ks, T* __restrict__ vs, long long* __restrict__ ps,
                                   int hq, int hkv, int dim, long long ksh, long long vsh,
-                                  long long psh) {
+                                  long long psh, long long ksb, long long vsb, long long psb) {
+  // Row b = blockIdx.y of a batch: its q/k/v, cos/sin and position, its cache rows.
   const int n = (hq + 2 * hkv) * dim;
+  const long long b = blockIdx.y;
+  qkv += b * n;
+  cs += b * dim;
+  sn += b * dim;
+  q_out += b * static_cast<long long>(hq) * dim;
+  ks += b * ksb;
+  vs += b * vsb;
+  ps += b * psb;
+  qpos += b;
   const long long sl = slot[0];
   const int half = dim / 2;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
@@ -743,14 +753,17 @@ at::Tensor rope_write(const at::Tensor& qkv, const at::Tensor& cos, const at::Te
                       const at::Tensor& slot, const at::Tensor& qpos, std::int64_t hq,
                       std::int64_t hkv, std::int64_t dim, const at::Tensor& ks,
                       const at::Tensor& vs, const at::Tensor& ps) {
-  TORCH_CHECK(qkv.is_contiguous() && qkv.numel() == (hq + 2 * hkv) * dim && cos.numel() == dim &&
-                  sin.numel() == dim && slot.numel() == 1 && qpos.numel() == 1,
-              "kvlab rope_write: batch-1 q/k/v of ", hq, "+2x", hkv, " heads x ", dim, " expected");
-  TORCH_CHECK(ks.size(0) == 1 && ks.stride(3) == 1 && ks.stride(2) == dim && vs.stride(3) == 1 &&
-                  vs.stride(2) == dim && ps.stride(2) == 1 && ks.scalar_type() == qkv.scalar_type() &&
-                  ps.scalar_type() == at::kLong,
-              "kvlab rope_write: the cache storage must be [1, Hkv, L, D] with contiguous rows");
-  at::Tensor q = at::empty({1, hq, 1, dim}, qkv.options());
+  const std::int64_t b = ks.size(0);
+  TORCH_CHECK(qkv.is_contiguous() && qkv.numel() == b * (hq + 2 * hkv) * dim &&
+                  cos.numel() == b * dim && sin.numel() == b * dim && slot.numel() == 1 &&
+                  qpos.numel() == b,
+              "kvlab rope_write: ", b, " rows of q/k/v of ", hq, "+2x", hkv, " heads x ", dim,
+              " expected");
+  TORCH_CHECK(ks.stride(3) == 1 && ks.stride(2) == dim && vs.size(0) == b && vs.stride(3) == 1 &&
+                  vs.stride(2) == dim && ps.size(0) == b && ps.stride(2) == 1 &&
+                  ks.scalar_type() == qkv.scalar_type() && ps.scalar_type() == at::kLong,
+              "kvlab rope_write: the cache storage must be [B, Hkv, L, D] with contiguous rows");
+  at::Tensor q = at::empty({b, hq, 1, dim}, qkv.options());
   const at::Tensor cs = cos.contiguous(), sn = sin.contiguous();
   const at::Tensor sl = slot.to(at::kLong).contiguous(), qp = qpos.to(at::kLong).contiguous();
   const c10::cuda::CUDAGuard guard(qkv.device());
@@ -758,10 +771,11 @@ at::Tensor rope_write(const at::Tensor& qkv, const at::Tensor& cos, const at::Te
   const int n = static_cast<int>((hq + 2 * hkv) * dim);
   dispatch(qkv.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    rope_write_kernel<T><<<(n + 255) / 256, 256, 0, stream>>>(
+    rope_write_kernel<T><<<dim3((n + 255) / 256, static_cast<unsigned>(b)), 256, 0, stream>>>(
         cptr<T>(qkv), cptr<T>(cs), cptr<T>(sn), cptr<long long>(sl), cptr<long long>(qp), ptr<T>(q),
         ptr<T>(ks), ptr<T>(vs), ptr<long long>(ps), static_cast<int>(hq), static_cast<int>(hkv),
-        static_cast<int>(dim), ks.stride(1), vs.stride(1), ps.stride(1));
+        static_cast<int>(dim), ks.stride(1), vs.stride(1), ps.stride(1), ks.stride(0),
+        vs.stride(0), ps.stride(0));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return q;

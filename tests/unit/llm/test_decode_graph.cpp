@@ -137,6 +137,48 @@ TEST_CASE("CUDA model == CPU model: prefill and decode through the fused kernels
   CHECK(max_diff(ref, decode(gpu, pb, 10, true, true, cg)) < 1e-4);
 }
 
+TEST_CASE("batched CUDA decode block (fused q/k/v GEMM, RoPE + cache write, decode attention) == "
+          "the ATen decode step" *
+          doctest::skip(!at::hasCUDA())) {
+  // Batch 3, different tokens per row, every architecture: Model::decode_block_batched (used for
+  // batch > 1, and for batch 1 where the GEMV kernels do not apply) against set_fused_decode(false).
+  for (llm::Arch arch : {llm::Arch::llama, llm::Arch::qwen2, llm::Arch::mistral}) {
+    llm::ModelConfig c = test::tiny_llm_config(arch);
+    c.hidden_size = 256;
+    c.intermediate_size = 512;
+    c.head_dim = 64;
+    c.vocab_size = 260;
+    if (arch == llm::Arch::mistral) c.sliding_window = 6;
+    const llm::ModelFile f = test::tiny_llm_file(c);
+    for (const char* dt : {"float32", "bfloat16"}) {
+      const int a = static_cast<int>(arch);
+      CAPTURE(a);
+      CAPTURE(dt);
+      llm::Model m = llm::Model::from_file(f, {"cuda", dt});
+      const std::int64_t b = 3;
+      auto run = [&](bool fused) {
+        m.set_fused_decode(fused);
+        llm::KVCache cache = m.make_cache(b);
+        llm::ForwardOptions fo;
+        fo.logits = llm::LogitsMode::last;
+        m.forward((at::arange(3 * 9, at::kLong).view({b, 9}) * 7) % 260, test::arange_positions(b, 9),
+                  cache, fo);
+        llm::DecodeGraph g(m, cache, 12, true);
+        std::vector<at::Tensor> out;
+        for (std::int64_t s = 0; s < 12; ++s)
+          out.push_back(g.step((at::arange(b, at::kLong).view({b, 1}) * 11 + s * 37 + 5) % 260,
+                               at::full({b, 1}, 9 + s, at::kLong))
+                            .cpu());
+        return at::stack(out);
+      };
+      const at::Tensor fused = run(true), ref = run(false);
+      const double scale = std::max(1.0, ref.abs().max().item<double>());
+      CHECK(fused.isfinite().all().item<bool>());
+      CHECK(max_diff(fused, ref) < (std::string(dt) == "float32" ? 1e-4 : 3e-2) * scale);
+    }
+  }
+}
+
 TEST_CASE("fused batch-1 decode block == the ATen decode step, every architecture" *
           doctest::skip(!at::hasCUDA())) {
   // Shapes where every fused kernel runs (head_dim 64, GEMV rows multiples of 4, K multiples of

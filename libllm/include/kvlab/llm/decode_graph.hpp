@@ -96,6 +96,9 @@ class StaticDecoder {
   /// Graphs (segments) prepared so far, and the policy's actions.
   std::int64_t segments() const { return segments_; }
   std::int64_t policy_actions() const { return actions_; }
+  /// Seconds spent in the policy's actions, and in preparing (capturing) the graph after each.
+  double action_seconds() const { return action_seconds_; }
+  double capture_seconds() const { return capture_seconds_; }
 
  private:
   void start_segment();
@@ -104,6 +107,7 @@ class StaticDecoder {
   CachePolicy* policy_;
   std::int64_t max_steps_, segment_, done_ = 0, until_action_ = -1, segments_ = 0, actions_ = 0;
   bool use_graph_;
+  double action_seconds_ = 0, capture_seconds_ = 0;
   std::unique_ptr<DecodeGraph> graph_;
 };
 

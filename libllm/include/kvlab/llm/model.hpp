@@ -62,6 +62,22 @@ struct Block {
   at::Tensor input_layernorm, post_attention_layernorm;  ///< [hidden]
   std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
   std::shared_ptr<Linear> gate_proj, up_proj, down_proj;
+  /// On CUDA, dense q/k/v (and gate/up) weights live back to back in one tensor, so that one GEMM
+  /// computes all three (two); q_proj... are views into it (no extra memory). Used only while
+  /// those Linear objects are still the ones fused (a caller may swap a layer).
+  at::Tensor qkv_weight, qkv_bias, gate_up_weight;
+  const Linear* fused_from[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+  bool qkv_fused() const {
+    return qkv_weight.defined() && fused_from[0] == q_proj.get() &&
+           fused_from[1] == k_proj.get() && fused_from[2] == v_proj.get();
+  }
+  bool gate_up_fused() const {
+    return gate_up_weight.defined() && fused_from[3] == gate_proj.get() &&
+           fused_from[4] == up_proj.get();
+  }
+  /// Concatenates the dense q/k/v and gate/up weights as above (layers that are not all dense
+  /// are left alone).
+  void fuse_weights();
 };
 
 struct ModelOptions {
@@ -172,6 +188,13 @@ class Model {
   /// decode_static's fused batch-1 block (CUDA only): returns the block's output, or an
   /// undefined tensor where the kernels do not apply (the caller takes the ATen path).
   bool fused_block_ok(const Block& blk, const LayerKV& kv, std::int64_t batch) const;
+  /// decode_static's batched CUDA block (B >= 1, fused q/k/v and gate/up weights): one GEMM for
+  /// q/k/v, RoPE fused with the cache write, the fused decode attention, o_proj and down_proj
+  /// accumulated into the residual in place. Undefined where it does not apply.
+  at::Tensor decode_block_batched(const Block& blk, const at::Tensor& x, const RopeTables& rt,
+                                  const at::Tensor& positions, const at::Tensor& slot,
+                                  LayerKV& kv, std::int64_t span, const AttentionOptions& ao,
+                                  at::Tensor* q_out) const;
   at::Tensor decode_block_fused(const Block& blk, const at::Tensor& x, const RopeTables& rt,
                                 const at::Tensor& positions, const at::Tensor& slot,
                                 LayerKV& kv, std::int64_t span, const AttentionOptions& ao,
