@@ -38,7 +38,9 @@
 #   --binarize-args "..." (extra binarize options, same for every run)  --keep-models
 #   --label TEXT (model name in the tables)  --report-only
 #   --time-budget SECONDS: before each seed x lr group of methods, stop (and write the report) when
-#       the elapsed time plus the group's estimate (methods x the longest run so far) would exceed it
+#       the elapsed time plus the longest group so far would exceed it
+#   --parallel: run the methods of a group at the same time (for a small model on a GPU, whose
+#       steps are launch-bound; their wall and binarize seconds then include the sharing)
 #   --kjv-split DIR: use DIR/kjv-train.txt and DIR/kjv-val.txt as --train / --val (unless given),
 #       writing them first when absent from `bible -l0 gen1:1-rev22:21` (Debian bible-kjv) with
 #       scripts/train-fixture.py's split: train = text[:vcut], val = text[vcut:cut], held-out =
@@ -51,7 +53,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 kvlab="$here/build/bin/kvlab"; device=cpu; threads=""; model=""; train=""; heldout=""; val=""
 methods="sign,onebit,mos"; steps=300; seq_len=128; batch=4; lrs="5e-4"; seeds="0"; train_dtype=auto
 eval_seq=1024; eval_windows=0; val_windows=""; eval_dtype=float32; with_init=0; extra=""; keep=0
-out=""; label=""; report_only=0; time_budget=0; kjv_split=""
+out=""; label=""; report_only=0; time_budget=0; kjv_split=""; parallel=0
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -81,6 +83,7 @@ while [ $# -gt 0 ]; do
     --report-only) report_only=1; shift ;;
     --time-budget) time_budget="$2"; shift 2 ;;
     --kjv-split) kjv_split="$2"; shift 2 ;;
+    --parallel) parallel=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "binarize-ordering: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -362,7 +365,7 @@ e = json.loads('''$ej''')
 v = json.loads('''$vj''')
 r = {"tag": "$tag", "kind": "$kind", "method": "$method", "label": """$label""", "device": "$device",
      "threads": "$threads", "kvlab_version": """$version""", "file_bytes": $bytes,
-     "wall_seconds": round($t1 - $t0, 3), "eval_seq_len": $eval_seq, "eval_windows": $eval_windows,
+     "wall_seconds": round($t1 - $t0, 3), "parallel": bool($parallel), "eval_seq_len": $eval_seq, "eval_windows": $eval_windows,
      "eval_windows_scored": e["windows"], "eval_dtype": "$eval_dtype",
      "ppl": e["ppl"], "ppl_ci_low": e["ppl_ci_low"], "ppl_ci_high": e["ppl_ci_high"],
      "mean_loss": e["mean_loss"], "loss_stderr": e["loss_stderr"], "eval_tokens_per_second": e.get("tokens_per_second")}
@@ -394,20 +397,28 @@ one fp fp - 0
 if [ "$with_init" = 1 ]; then
   for m in "${M[@]}"; do one init "$m" - "${S[0]}"; done
 fi
+# a group = the methods of one seed x lr; --parallel runs them at the same time (a small model leaves
+# a GPU mostly idle: its steps are kernel-launch bound), else one after another
 start=$(date +%s); longest=0
 for s in "${S[@]}"; do
   for lr in "${LR[@]}"; do
     if [ "$time_budget" != 0 ] && [ "$longest" != 0 ]; then
-      need=$(( $(date +%s) - start + ${#M[@]} * longest ))
+      need=$(( $(date +%s) - start + longest ))
       if [ "$need" -gt "$time_budget" ]; then
         echo "binarize-ordering: --time-budget $time_budget s: stopping before seed $s lr $lr (would need ~$need s)" >&2
         break 2
       fi
     fi
-    for m in "${M[@]}"; do
-      t=$(date +%s); one trained "$m" "$lr" "$s"; report
-      d=$(( $(date +%s) - t )); [ "$d" -gt "$longest" ] && longest=$d
-    done
+    t=$(date +%s)
+    if [ "$parallel" = 1 ]; then
+      pids=()
+      for m in "${M[@]}"; do one trained "$m" "$lr" "$s" & pids+=($!); done
+      for p in "${pids[@]}"; do wait "$p" || die "a run of seed $s lr $lr failed (logs in $out/logs)"; done
+    else
+      for m in "${M[@]}"; do one trained "$m" "$lr" "$s"; report; done
+    fi
+    report
+    d=$(( $(date +%s) - t )); [ "$d" -gt "$longest" ] && longest=$d
   done
 done
 report
