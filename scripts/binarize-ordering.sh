@@ -114,6 +114,8 @@ def ci(r, key="ppl"):
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
         2.052, 2.048, 2.045, 2.042]
+def bpw(r):
+    return "source dtype" if r["kind"] == "fp" or r.get("bits_per_weight") is None else f'{r["bits_per_weight"]:.3f}'
 def mstat(xs):
     """mean and the half-width of its 95 % interval (Student t, df = n - 1)."""
     n = len(xs); m = sum(xs) / n
@@ -143,7 +145,7 @@ for r in sorted(rows, key=lambda r: (ORDER.index(r["method"]), r["kind"] != "ini
     name = NAMES[r["method"]] + (" init (--steps 0)" if r["kind"] == "init" else "")
     v = ci(r, "val_ppl") if "val_ppl" in r else "-"
     L.append(f'| {name} | {r.get("lr", "-")} | {r.get("seed", "-")} | {ci(r)} | {v} | '
-             f'{r["bits_per_weight"]:.3f} | {r["file_bytes"]} | {r.get("binarize_seconds", 0):.1f} | '
+             f'{bpw(r)} | {r["file_bytes"]} | {r.get("binarize_seconds") or 0:.1f} | '
              f'{r.get("wall_seconds", 0):.1f} |')
 res["runs"] = rows
 if not trained:
@@ -373,7 +375,7 @@ if "$kind" != "fp":
     r.update({"seed": $seed, "experts": b.get("experts"), "bits_per_weight": b["bits_per_weight"],
               "binarize_seconds": b.get("seconds"), "final_loss": b.get("final_loss")})
 else:
-    r.update({"bits_per_weight": 16.0})
+    r.update({"bits_per_weight": None})  # the source's linears: its stored dtype (kvlab inspect)
 if "$kind" == "trained":
     r.update({"lr": "$lr", "steps": $steps, "seq_len": $seq_len, "batch_size": $batch,
               "tokens": $steps * $seq_len * $batch, "train_dtype": "$train_dtype", "binarize_args": """$extra"""})
@@ -382,7 +384,7 @@ if v:
               "val_mean_loss": v["mean_loss"], "val_windows_scored": v["windows"]})
 open(sys.argv[1], "a").write(json.dumps(r) + "\n")
 print(f'binarize-ordering: {r["tag"]}: ppl {r["ppl"]:.4f} ({r["ppl_ci_low"]:.4f}-{r["ppl_ci_high"]:.4f})'
-      + (f', val {r["val_ppl"]:.4f}' if v else '') + f', {r["bits_per_weight"]:.3f} bits/weight, '
+      + (f', val {r["val_ppl"]:.4f}' if v else '') + f', {r["bits_per_weight"] or 0:.3f} bits/weight, '
       f'{r["file_bytes"]} bytes, {r["wall_seconds"]:.1f} s wall', file=sys.stderr)
 PY
   [ "$keep" = 1 ] || [ "$kind" = fp ] || rm -f "$m"
