@@ -266,6 +266,18 @@ void rows_simd(MosCpuIsa isa, const Ctx<T>& c, std::int64_t r0, std::int64_t r1)
 template <typename T>
 void rows(MosCpuIsa isa, const Ctx<T>& c, std::int64_t r0, std::int64_t r1) {
 #ifdef KVLAB_MOS_X86
+  if (isa != MosCpuIsa::Scalar && c.m > 8) {  // groups of up to 8 rows of x
+    for (std::int64_t m0 = 0; m0 < c.m; m0 += 8) {
+      Ctx<T> s = c;
+      s.m = std::min<std::int64_t>(8, c.m - m0);
+      s.xs = c.xs + m0 * c.in_pad;
+      s.total = c.total + m0;
+      if (c.g) s.g = c.g + m0 * c.experts;
+      s.y = c.y + m0 * c.out;
+      rows<T>(isa, s, r0, r1);
+    }
+    return;
+  }
   if (isa != MosCpuIsa::Scalar) {
     switch (c.m) {
       case 1: return rows_simd<T, 1>(isa, c, r0, r1);
@@ -276,7 +288,7 @@ void rows(MosCpuIsa isa, const Ctx<T>& c, std::int64_t r0, std::int64_t r1) {
       case 6: return rows_simd<T, 6>(isa, c, r0, r1);
       case 7: return rows_simd<T, 7>(isa, c, r0, r1);
       case 8: return rows_simd<T, 8>(isa, c, r0, r1);
-      default: break;  // more rows: the scalar loop (forward keeps M small)
+      default: break;
     }
   }
 #endif
@@ -387,32 +399,61 @@ at::Tensor mos_gemv_cpu(const at::Tensor& x, const at::Tensor& bits, std::int64_
   }
 }
 
+namespace {
+
+/// For each byte value, its 8 bits as +-1 in the bit pattern U of the target dtype: one 16- or
+/// 32-byte copy per byte of bits (+-1 are exact in every float format; pos/neg are their bits).
+template <typename U, U kPos, U kNeg>
+const U* sign_rows() {
+  static const std::vector<U> t = [] {
+    std::vector<U> v(256 * 8);
+    for (int b = 0; b < 256; ++b)
+      for (int j = 0; j < 8; ++j) v[static_cast<std::size_t>(b * 8 + j)] = ((b >> j) & 1) ? kPos : kNeg;
+    return v;
+  }();
+  return t.data();
+}
+
+template <typename U, U kPos, U kNeg>
+void unpack_rows(const std::uint8_t* src, std::int64_t kb, std::int64_t in, U* dst,
+                 std::int64_t rows) {
+  const U* table = sign_rows<U, kPos, kNeg>();
+  const std::int64_t grain =
+      std::max<std::int64_t>(1, (std::int64_t{1} << 16) / std::max<std::int64_t>(in, 1));
+  at::parallel_for(0, rows, grain, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::uint8_t* b = src + r * kb;
+      U* o = dst + r * in;
+      const std::int64_t whole = in / 8;
+      for (std::int64_t k = 0; k < whole; ++k) std::memcpy(o + 8 * k, table + 8 * b[k], 8 * sizeof(U));
+      for (std::int64_t j = whole * 8; j < in; ++j) o[j] = ((b[j >> 3] >> (j & 7)) & 1u) ? kPos : kNeg;
+    }
+  });
+}
+
+}  // namespace
+
 at::Tensor unpack_signs_cpu(const at::Tensor& packed, std::int64_t in, c10::ScalarType dtype) {
   const at::Tensor p = packed.contiguous();
   const std::int64_t rows = p.size(0), kb = p.size(1);
   TORCH_CHECK(p.scalar_type() == at::kByte && kb * 8 >= in,
               "unpack_signs: packed must be uint8 [rows, ceil(in/8)]");
-  at::Tensor u = at::empty({rows, in}, p.options().dtype(dtype));
   const std::uint8_t* src = p.data_ptr<std::uint8_t>();
-  const std::int64_t grain =
-      std::max<std::int64_t>(1, (std::int64_t{1} << 16) / std::max<std::int64_t>(in, 1));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "unpack_signs_cpu", [&] {
-    scalar_t* dst = u.data_ptr<scalar_t>();
-    const scalar_t pos(1.f), neg(-1.f);
-    at::parallel_for(0, rows, grain, [&](std::int64_t r0, std::int64_t r1) {
-      for (std::int64_t r = r0; r < r1; ++r) {
-        const std::uint8_t* b = src + r * kb;
-        scalar_t* o = dst + r * in;
-        const std::int64_t whole = in / 8;
-        for (std::int64_t k = 0; k < whole; ++k) {
-          const unsigned v = b[k];
-          for (int j = 0; j < 8; ++j) o[8 * k + j] = ((v >> j) & 1u) ? pos : neg;
-        }
-        for (std::int64_t j = whole * 8; j < in; ++j) o[j] = ((b[j >> 3] >> (j & 7)) & 1u) ? pos : neg;
-      }
-    });
-  });
-  return u;
+  at::Tensor u = at::empty({rows, in}, p.options().dtype(dtype));
+  switch (dtype) {
+    case at::kFloat:
+      unpack_rows<std::uint32_t, 0x3F800000u, 0xBF800000u>(
+          src, kb, in, static_cast<std::uint32_t*>(u.data_ptr()), rows);
+      return u;
+    case at::kBFloat16:
+      unpack_rows<std::uint16_t, 0x3F80, 0xBF80>(src, kb, in, static_cast<std::uint16_t*>(u.data_ptr()), rows);
+      return u;
+    case at::kHalf:
+      unpack_rows<std::uint16_t, 0x3C00, 0xBC00>(src, kb, in, static_cast<std::uint16_t*>(u.data_ptr()), rows);
+      return u;
+    default:
+      return unpack_signs_cpu(p, in, at::kFloat).to(dtype);
+  }
 }
 
 }  // namespace detail
