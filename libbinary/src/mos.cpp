@@ -197,7 +197,7 @@ bool PackedMosLinear::fused_supports(const at::Tensor& x) const {
 
 at::Tensor PackedMosLinear::forward(const at::Tensor& x) const {
   const std::int64_t rows = in_ > 0 ? x.numel() / in_ : 0;
-  if (rows >= 1 && rows <= fused_max_rows_ && fused_supports(x)) return forward_fused(x);
+  if (rows >= 1 && rows <= fused_max_rows() && fused_supports(x)) return forward_fused(x);
   return forward_unpacked(x);
 }
 

@@ -69,7 +69,7 @@ void check_fused_matches_reference(at::Device dev, const std::vector<c10::Scalar
           const std::int64_t out = 19;  // odd: a partial block of rows on every path
           const binary::MosParams p = random_params(in, out, e, bias);
           const auto layer = binary::PackedMosLinear::pack(p, dev, dt);
-          for (std::int64_t m : {std::int64_t{1}, std::int64_t{3}, binary::kMosFusedMaxRows}) {
+          for (std::int64_t m : {std::int64_t{1}, std::int64_t{3}, binary::kMosFusedMaxRows, std::int64_t{13}}) {
             const std::string dtype = c10::toString(dt);
             CAPTURE(dtype);
             CAPTURE(e);
@@ -176,21 +176,27 @@ TEST_CASE("forward takes the fused kernel up to fused_max_rows rows, the tile pa
   const std::int64_t in = 72, out = 33;
   const binary::MosParams p = random_params(in, out, 4, true);
   auto layer = binary::PackedMosLinear::pack(p, at::kCPU, at::kBFloat16);
-  CHECK(layer->fused_max_rows() == binary::kMosFusedMaxRows);
-  // [B, T, in] with B * T = 6 rows: fused, shape kept.
-  const at::Tensor x6 = at::randn({2, 3, in}).to(at::kBFloat16);
+  CHECK(layer->fused_max_rows() == binary::kMosFusedMaxRowsCpu);
+  // [B, T, in] with B * T = the limit: fused, shape kept.
+  const std::int64_t lim = layer->fused_max_rows();
+  const at::Tensor x6 = at::randn({1, lim, in}).to(at::kBFloat16);
   const at::Tensor y6 = layer->forward(x6);
-  CHECK((y6.sizes() == at::IntArrayRef({2, 3, out})));
+  CHECK((y6.sizes() == at::IntArrayRef({1, lim, out})));
   CHECK(at::equal(y6, layer->forward_fused(x6)));
-  // 9 rows: the tile path.
-  const at::Tensor x9 = at::randn({1, 9, in}).to(at::kBFloat16);
+  // One row more: the tile path.
+  const at::Tensor x9 = at::randn({1, lim + 1, in}).to(at::kBFloat16);
   CHECK(at::equal(layer->forward(x9), layer->forward_unpacked(x9)));
-  // Raising the limit moves 9 rows to the fused kernel; 0 turns it off.
-  layer->set_fused_max_rows(16);
+  // Raising the limit moves those rows to the fused kernel; 0 turns it off; -1 restores it.
+  layer->set_fused_max_rows(lim + 1);
   CHECK(at::equal(layer->forward(x9), layer->forward_fused(x9)));
   layer->set_fused_max_rows(0);
   const at::Tensor x1 = at::randn({1, 1, in}).to(at::kBFloat16);
   CHECK(at::equal(layer->forward(x1), layer->forward_unpacked(x1)));
+  layer->set_fused_max_rows(-1);
+  CHECK(at::equal(layer->forward(x1), layer->forward_fused(x1)));
+  if (at::hasCUDA())
+    CHECK(binary::PackedMosLinear::pack(p, at::kCUDA, at::kBFloat16)->fused_max_rows() ==
+          binary::kMosFusedMaxRows);
   // The fused and tile paths agree to bf16 rounding.
   CHECK(rel_err(layer->forward_fused(x9), layer->forward_unpacked(x9)) <= tolerance(at::kBFloat16));
 }

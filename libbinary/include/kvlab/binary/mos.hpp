@@ -74,10 +74,13 @@ bool mos_cpu_isa_supported(MosCpuIsa isa);
 MosCpuIsa mos_cpu_isa();
 const char* mos_cpu_isa_name(MosCpuIsa isa);
 
-/// Rows of x (tokens) up to which PackedMosLinear::forward takes the fused kernel by default;
-/// above, the tile-unpack ATen path. On the CPU the fused kernel's time grows linearly with the
-/// rows while the ATen GEMM's does not (measurements: docs/binarize.md).
+/// Rows of x (tokens) up to which PackedMosLinear::forward takes the fused kernel by default, on
+/// CUDA and on the CPU; above, the tile-unpack ATen path. On the CPU the fused kernel's time grows
+/// linearly with the rows (one masked add per 16 weights and row) while the unpack + bf16 GEMM
+/// path's hardly does: at 4096 x 4096 (1 thread, AVX-512) fused 0.36 / 0.81 / 2.1 ms at 1 / 2 / 4
+/// rows against 1.8 ms for the tile path (docs/binarize.md).
 inline constexpr std::int64_t kMosFusedMaxRows = 8;
+inline constexpr std::int64_t kMosFusedMaxRowsCpu = 2;
 /// The CUDA kernel's limit on the number of experts (more: the ATen path).
 inline constexpr std::int64_t kMosCudaMaxExperts = 64;
 
@@ -102,9 +105,13 @@ class PackedMosLinear : public llm::Linear {
   at::Tensor forward_unpacked(const at::Tensor& x) const;
   /// Whether forward_fused handles x (device, dtype, build; any number of rows).
   bool fused_supports(const at::Tensor& x) const;
-  /// Rows of x up to which forward takes the fused kernel (0: never).
+  /// Rows of x up to which forward takes the fused kernel (0: never; negative: the device's
+  /// default, kMosFusedMaxRows on CUDA, kMosFusedMaxRowsCpu on the CPU).
   void set_fused_max_rows(std::int64_t rows) { fused_max_rows_ = rows; }
-  std::int64_t fused_max_rows() const { return fused_max_rows_; }
+  std::int64_t fused_max_rows() const {
+    if (fused_max_rows_ >= 0) return fused_max_rows_;
+    return packed_.device().is_cpu() ? kMosFusedMaxRowsCpu : kMosFusedMaxRows;
+  }
   std::int64_t in_features() const override { return in_; }
   std::int64_t out_features() const override { return out_; }
   std::string kind() const override { return kMosLinearKind; }
@@ -128,7 +135,7 @@ class PackedMosLinear : public llm::Linear {
   /// itself where its rows already are), and the +-1 lookup table of the tile path, both made
   /// once here so that forward never copies from the host.
   at::Tensor bits16_, sign_table_;
-  std::int64_t in_ = 0, out_ = 0, tile_rows_ = 0, fused_max_rows_ = kMosFusedMaxRows;
+  std::int64_t in_ = 0, out_ = 0, tile_rows_ = 0, fused_max_rows_ = -1;
 };
 
 /// Bytes a stored layer takes in a model artifact's datasets: packed bits, fp16 scales, fp16
