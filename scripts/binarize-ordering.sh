@@ -39,6 +39,9 @@
 #   --label TEXT (model name in the tables)  --report-only
 #   --time-budget SECONDS: before each seed x lr group of methods, stop (and write the report) when
 #       the elapsed time plus the longest group so far would exceed it
+#   --pretokenize: tokenize --heldout / --val once with the source model's tokenizer (kvlab tokenize,
+#       HDF5 ids) and evaluate every model on those ids (needed for a model with a tokenizer: the
+#       binarized artifact does not carry the source's /tokenizer, so eval cannot read text for it)
 #   --parallel: run the methods of a group at the same time (for a small model on a GPU, whose
 #       steps are launch-bound; their wall and binarize seconds then include the sharing)
 #   --kjv-split DIR: use DIR/kjv-train.txt and DIR/kjv-val.txt as --train / --val (unless given),
@@ -53,7 +56,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 kvlab="$here/build/bin/kvlab"; device=cpu; threads=""; model=""; train=""; heldout=""; val=""
 methods="sign,onebit,mos"; steps=300; seq_len=128; batch=4; lrs="5e-4"; seeds="0"; train_dtype=auto
 eval_seq=1024; eval_windows=0; val_windows=""; eval_dtype=float32; with_init=0; extra=""; keep=0
-out=""; label=""; report_only=0; time_budget=0; kjv_split=""; parallel=0
+out=""; label=""; report_only=0; time_budget=0; kjv_split=""; parallel=0; pretok=0
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -84,6 +87,7 @@ while [ $# -gt 0 ]; do
     --time-budget) time_budget="$2"; shift 2 ;;
     --kjv-split) kjv_split="$2"; shift 2 ;;
     --parallel) parallel=1; shift ;;
+    --pretokenize) pretok=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "binarize-ordering: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -315,6 +319,15 @@ if [ ! -f "$fp" ]; then
   mv "$fp.partial.h5" "$fp"   # (the artifact's lineage names the .partial path)
 fi
 
+if [ "$pretok" = 1 ]; then
+  for split in heldout val; do
+    f="${!split}"; [ -n "$f" ] || continue
+    ids="$out/$split.ids.h5"
+    [ -f "$ids" ] || "$kvlab" --progress none tokenize "$fp" --text "$f" --format h5 -o "$ids" >&2
+    printf -v "$split" '%s' "$ids"
+  done
+fi
+
 done_tag() { grep -q "\"tag\": *\"$1\"" "$runs"; }
 
 # evaluate MODEL on FILE with WINDOWS: prints eval's JSON; per-window losses to windows/TAG[.SPLIT].txt
@@ -323,7 +336,9 @@ evaluate() {  # tag split file windows model
   [ "$split" = heldout ] || suffix=".$split"
   local rep="$out/logs/$tag$suffix.eval.h5"
   "$kvlab" --json "${g[@]}" eval "$m" --data "$file" --seq-len "$eval_seq" --max-windows "$win" \
-      --dtype "$eval_dtype" -o "$rep" --force 2>"$out/logs/$tag$suffix.eval.err"
+      --dtype "$eval_dtype" -o "$rep" --force 2>"$out/logs/$tag$suffix.eval.err" || {
+    echo "binarize-ordering: $tag: eval failed, see $out/logs/$tag$suffix.eval.err:" >&2
+    tail -3 "$out/logs/$tag$suffix.eval.err" >&2; return 1; }
   if [ "$have_h5dump" = 1 ]; then
     h5dump -m "%.10g" -d /window_loss -y -o "$out/windows/$tag$suffix.txt" "$rep" >/dev/null
   fi
@@ -357,8 +372,8 @@ one() {
           --force 2>"$out/logs/$tag.binarize.err")" || { echo "binarize-ordering: $tag: binarize failed, see $out/logs/$tag.binarize.err" >&2; tail -5 "$out/logs/$tag.binarize.err" >&2; exit 1; }
   fi
   t1=$(date +%s.%N)
-  ej="$(evaluate "$tag" heldout "$heldout" "$eval_windows" "$m")"
-  [ -n "$val" ] && vj="$(evaluate "$tag" val "$val" "$val_windows" "$m")"
+  ej="$(evaluate "$tag" heldout "$heldout" "$eval_windows" "$m")" || exit 1
+  if [ -n "$val" ]; then vj="$(evaluate "$tag" val "$val" "$val_windows" "$m")" || exit 1; fi
   local bytes; bytes=$(stat -c %s "$m")
   python3 - "$runs" <<PY
 import json, sys
