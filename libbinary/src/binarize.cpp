@@ -235,7 +235,10 @@ BinarizeResult binarize_model(const llm::ModelFile& f, const at::Tensor& ids,
     const char* names[] = {"weight", "s_in", "s_out", "router"};
     const auto tr = layers[i]->trainable();
     for (std::size_t j = 0; j < tr.size(); ++j)
-      params.push_back({prefix + "." + names[j], tr[j], at::zeros_like(*tr[j]), at::zeros_like(*tr[j])});
+      // AdamW moments only when training (--steps 0 of a 7B model must not hold 2 x 26 GB).
+      params.push_back({prefix + "." + names[j], tr[j],
+                        total > 0 ? at::zeros_like(*tr[j]) : at::Tensor(),
+                        total > 0 ? at::zeros_like(*tr[j]) : at::Tensor()});
   }
 
   // One-block views of the student for gradient checkpointing: Model copies share the layers.
@@ -274,7 +277,7 @@ BinarizeResult binarize_model(const llm::ModelFile& f, const at::Tensor& ids,
     {
       c10::NoGradGuard ng;
       core::load_named_tensors(ck.model, dst_m, opt.resume);
-      core::load_named_tensors(ck.optimizer, dst_o, opt.resume);
+      if (total > 0) core::load_named_tensors(ck.optimizer, dst_o, opt.resume);
     }
     step = ck.step;
   }

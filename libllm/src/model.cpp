@@ -29,16 +29,17 @@ void Block::fuse_weights() {
   };
   // Concatenates the weights (and biases: all or none) of `ls` along the output dimension and
   // replaces each layer by a view into the result.
-  auto fuse = [](std::vector<std::shared_ptr<Linear>*> ls, at::Tensor& w_out, at::Tensor* b_out) {
+  // Concatenates the weights (and biases: all or none) of `ls` along the output dimension and
+  // replaces each layer by a view into the result.
+  auto fuse = [](std::vector<std::shared_ptr<Linear>*> ls) {
     std::vector<at::Tensor> ws, bs;
     for (auto* l : ls) {
       ws.push_back((*l)->dense_weight());
       if (auto b = (*l)->bias()) bs.push_back(*b);
     }
-    if (!bs.empty() && bs.size() != ls.size()) return false;
-    if (!bs.empty() && !b_out) return false;
+    if (!bs.empty() && bs.size() != ls.size()) return;
     for (const at::Tensor& w : ws)
-      if (w.scalar_type() != ws[0].scalar_type() || w.size(1) != ws[0].size(1)) return false;
+      if (w.scalar_type() != ws[0].scalar_type() || w.size(1) != ws[0].size(1)) return;
     const at::Tensor w = at::cat(ws, 0);
     const at::Tensor b = bs.empty() ? at::Tensor() : at::cat(bs, 0);
     std::int64_t row = 0;
@@ -49,22 +50,58 @@ void Block::fuse_weights() {
       *ls[i] = std::make_shared<DenseLinear>(w.narrow(0, row, n), bi);
       row += n;
     }
-    w_out = w;
-    if (b_out) *b_out = b;
-    return true;
   };
-  if (dense(q_proj) && dense(k_proj) && dense(v_proj) &&
-      fuse({&q_proj, &k_proj, &v_proj}, qkv_weight, &qkv_bias)) {
-    fused_from[0] = q_proj.get();
-    fused_from[1] = k_proj.get();
-    fused_from[2] = v_proj.get();
-  }
-  if (dense(gate_proj) && dense(up_proj) && !gate_proj->bias() && !up_proj->bias() &&
-      fuse({&gate_proj, &up_proj}, gate_up_weight, nullptr)) {
-    fused_from[3] = gate_proj.get();
-    fused_from[4] = up_proj.get();
-  }
+  if (dense(q_proj) && dense(k_proj) && dense(v_proj)) fuse({&q_proj, &k_proj, &v_proj});
+  if (dense(gate_proj) && dense(up_proj) && !gate_proj->bias() && !up_proj->bias())
+    fuse({&gate_proj, &up_proj});
 }
+
+namespace {
+// The weights (or biases) `ts`, when they are row blocks stored one after another in one
+// allocation: the whole as one tensor (a view), else undefined.
+at::Tensor adjacent_rows(const std::vector<at::Tensor>& ts) {
+  const at::Tensor& a = ts[0];
+  if (!a.is_contiguous()) return {};
+  const std::int64_t cols = a.dim() == 2 ? a.size(1) : 1;
+  std::int64_t rows = 0;
+  for (const at::Tensor& t : ts) {
+    if (!t.is_contiguous() || t.dim() != a.dim() || t.scalar_type() != a.scalar_type() ||
+        (t.dim() == 2 && t.size(1) != cols) || !t.storage().is_alias_of(a.storage()) ||
+        t.storage_offset() != a.storage_offset() + rows * cols)
+      return {};
+    rows += t.size(0);
+  }
+  if (a.dim() == 2) return a.as_strided({rows, cols}, {cols, 1}, a.storage_offset());
+  return a.as_strided({rows}, {1}, a.storage_offset());
+}
+}  // namespace
+
+bool Block::qkv_fused(at::Tensor* w, at::Tensor* b) const {
+  if (q_proj->kind() != "dense" || k_proj->kind() != "dense" || v_proj->kind() != "dense")
+    return false;
+  const at::Tensor fw =
+      adjacent_rows({q_proj->dense_weight(), k_proj->dense_weight(), v_proj->dense_weight()});
+  if (!fw.defined()) return false;
+  at::Tensor fb;
+  const auto bq = q_proj->bias(), bk = k_proj->bias(), bv = v_proj->bias();
+  if (bq || bk || bv) {
+    if (!bq || !bk || !bv) return false;
+    fb = adjacent_rows({*bq, *bk, *bv});
+    if (!fb.defined()) return false;
+  }
+  if (w) *w = fw;
+  if (b) *b = fb;
+  return true;
+}
+
+bool Block::gate_up_fused(at::Tensor* w) const {
+  if (gate_proj->kind() != "dense" || up_proj->kind() != "dense" || gate_proj->bias() ||
+      up_proj->bias())
+    return false;
+  const at::Tensor fw = adjacent_rows({gate_proj->dense_weight(), up_proj->dense_weight()});
+  if (!fw.defined()) return false;
+  if (w) *w = fw;
+  return true;}
 
 std::optional<at::Tensor> DenseLinear::bias() const {
   if (b_.defined()) return b_;
@@ -257,8 +294,9 @@ Model::Qkv Model::project_qkv(const Block& blk, const at::Tensor& x, const RopeT
                      d = cfg_.head_dim;
   at::Tensor xn = rms_norm(x, blk.input_layernorm);
   at::Tensor q, k, v;
-  if (blk.qkv_fused()) {  // one GEMM for the three
-    const at::Tensor qkv = at::linear(xn, blk.qkv_weight, blk.qkv_bias);
+  at::Tensor qkv_w, qkv_b;
+  if (blk.qkv_fused(&qkv_w, &qkv_b)) {  // one GEMM for the three
+    const at::Tensor qkv = at::linear(xn, qkv_w, qkv_b);
     q = qkv.narrow(-1, 0, h_q * d).view({b, t, h_q, d}).transpose(1, 2);
     k = qkv.narrow(-1, h_q * d, h_kv * d).view({b, t, h_kv, d}).transpose(1, 2);
     v = qkv.narrow(-1, (h_q + h_kv) * d, h_kv * d).view({b, t, h_kv, d}).transpose(1, 2);
@@ -275,8 +313,9 @@ at::Tensor Model::finish_block(const Block& blk, const at::Tensor& x, const at::
   at::Tensor h = x + blk.o_proj->forward(attn.transpose(1, 2).reshape(
                          {b, t, cfg_.num_attention_heads * cfg_.head_dim}));
   at::Tensor hn = rms_norm(h, blk.post_attention_layernorm);
-  if (blk.gate_up_fused()) {  // one GEMM for gate and up
-    const at::Tensor gu = at::linear(hn, blk.gate_up_weight);
+  at::Tensor gate_up_w;
+  if (blk.gate_up_fused(&gate_up_w)) {  // one GEMM for gate and up
+    const at::Tensor gu = at::linear(hn, gate_up_w);
     const std::int64_t f = gu.size(-1) / 2;
     return h + blk.down_proj->forward(at::silu(gu.narrow(-1, 0, f)) * gu.narrow(-1, f, f));
   }
@@ -391,7 +430,9 @@ at::Tensor Model::decode_block_batched(const Block& blk, const at::Tensor& x, co
   const std::int64_t b = x.size(0), c = x.size(2);
   const std::int64_t h_q = cfg_.num_attention_heads, h_kv = cfg_.num_key_value_heads,
                      d = cfg_.head_dim;
-  if (!x.is_cuda() || !blk.qkv_fused() || !blk.gate_up_fused() || kv.page_size() != 0 ||
+  at::Tensor qkv_w, qkv_b, gate_up_w;
+  if (!x.is_cuda() || !blk.qkv_fused(&qkv_w, &qkv_b) || !blk.gate_up_fused(&gate_up_w) ||
+      kv.page_size() != 0 ||
       blk.o_proj->kind() != "dense" || blk.down_proj->kind() != "dense" || blk.o_proj->bias() ||
       blk.down_proj->bias() || kv.storage_positions().stride(2) != 1 ||
       rt.cos.numel() != b * d)
@@ -400,7 +441,7 @@ at::Tensor Model::decode_block_batched(const Block& blk, const at::Tensor& x, co
   const at::Tensor qshape = at::empty({b, h_q, 1, d}, x.options());
   if (!fused_decode_attention(qshape, ks)) return {};
   const at::Tensor xn = rms_norm(x, blk.input_layernorm);
-  const at::Tensor qkv = at::linear(xn, blk.qkv_weight, blk.qkv_bias).contiguous();  // [B, 1, N]
+  const at::Tensor qkv = at::linear(xn, qkv_w, qkv_b).contiguous();  // [B, 1, N]
   const at::Tensor q = cuda::rope_write(qkv, rt.cos, rt.sin, slot, positions, h_q, h_kv, d, ks,
                                         kv.storage_values(), kv.storage_positions());
   if (q_out) *q_out = q;
@@ -410,7 +451,7 @@ at::Tensor Model::decode_block_batched(const Block& blk, const at::Tensor& x, co
   at::Tensor h = x.reshape({b, c});
   h.addmm_(attn.reshape({b, h_q * d}), blk.o_proj->dense_weight().t());
   const at::Tensor hn = rms_norm(h, blk.post_attention_layernorm);
-  const at::Tensor gu = at::linear(hn, blk.gate_up_weight);
+  const at::Tensor gu = at::linear(hn, gate_up_w);
   const std::int64_t f = gu.size(-1) / 2;
   h.addmm_(at::silu(gu.narrow(-1, 0, f)) * gu.narrow(-1, f, f), blk.down_proj->dense_weight().t());
   return h.view({b, 1, c});

@@ -62,21 +62,13 @@ struct Block {
   at::Tensor input_layernorm, post_attention_layernorm;  ///< [hidden]
   std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
   std::shared_ptr<Linear> gate_proj, up_proj, down_proj;
-  /// On CUDA, dense q/k/v (and gate/up) weights live back to back in one tensor, so that one GEMM
-  /// computes all three (two); q_proj... are views into it (no extra memory). Used only while
-  /// those Linear objects are still the ones fused (a caller may swap a layer).
-  at::Tensor qkv_weight, qkv_bias, gate_up_weight;
-  const Linear* fused_from[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
-  bool qkv_fused() const {
-    return qkv_weight.defined() && fused_from[0] == q_proj.get() &&
-           fused_from[1] == k_proj.get() && fused_from[2] == v_proj.get();
-  }
-  bool gate_up_fused() const {
-    return gate_up_weight.defined() && fused_from[3] == gate_proj.get() &&
-           fused_from[4] == up_proj.get();
-  }
-  /// Concatenates the dense q/k/v and gate/up weights as above (layers that are not all dense
-  /// are left alone).
+  /// On CUDA, dense q/k/v (and gate/up) weights are stored back to back in one allocation (the
+  /// layers hold views into it, no extra memory), so that one GEMM computes all three (two).
+  /// fuse_weights() arranges that at load; qkv_fused() / gate_up_fused() return the combined
+  /// weight (and bias) only while the layers still are such adjacent views (a caller may swap a
+  /// layer: nothing else keeps the old weights alive).
+  bool qkv_fused(at::Tensor* w = nullptr, at::Tensor* b = nullptr) const;
+  bool gate_up_fused(at::Tensor* w = nullptr) const;
   void fuse_weights();
 };
 
