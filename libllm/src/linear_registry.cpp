@@ -11,6 +11,7 @@
 #include "kvlab/core/tensor_io.hpp"
 #include "kvlab/llm/model.hpp"
 #include "kvlab/llm/model_io.hpp"
+#include "kvlab/llm/tokenizer.hpp"
 
 namespace kvlab::llm {
 namespace {
@@ -155,6 +156,8 @@ core::ArtifactHeader write_model_with_linears(const std::filesystem::path& path,
   check_model_tensors(f.config, shapes, w.partial_path().string());
   write_model_params(w.params(), f.config, dtype, hf_config.empty() ? f.hf_config : hf_config,
                      f.original_layer_indices);
+  // The tokenizer travels with the weights (docs/formats/model.md), as write_model does.
+  if (f.tokenizer) write_tokenizer(w.root(), *f.tokenizer);
   if (extra) extra(w.root());
   return w.commit();
 }

@@ -16,6 +16,7 @@
 #include "kvlab/llm/data.hpp"
 #include "kvlab/llm/import_export.hpp"
 #include "kvlab/llm/model_io.hpp"
+#include "kvlab/llm/tokenizer.hpp"
 
 using namespace kvlab;
 
@@ -193,7 +194,9 @@ TEST_CASE("binarize --steps 0: packed artifact loads, gives the same logits, siz
   c.num_key_value_heads = 2;
   c.head_dim = 32;
   c.num_hidden_layers = 2;
-  const llm::ModelFile f = test::tiny_llm_file(c);
+  c.vocab_size = 260;
+  llm::ModelFile f = test::tiny_llm_file(c);
+  f.tokenizer = llm::byte_tokenizer_data(c.vocab_size, 256, 257);  // travels with the weights
   for (std::int64_t e : {4, 1}) {
     CAPTURE(e);
     binary::BinarizeOptions o;
@@ -206,6 +209,10 @@ TEST_CASE("binarize --steps 0: packed artifact loads, gives the same logits, siz
     binary::write_binarized_model(path, r, o, "", test_prov());
     const llm::Model loaded = llm::load_model(path, {});
     REQUIRE(loaded.blocks()[0].q_proj->kind() == "binary-mos");
+    const std::optional<llm::TokenizerData> tk = llm::read_model(path).tokenizer;
+    REQUIRE(tk.has_value());
+    CHECK(tk->tokens == f.tokenizer->tokens);
+    CHECK(tk->eos_id == 257);
     CHECK(loaded.blocks()[1].down_proj->kind() == "binary-mos");
     const at::Tensor tok = at::randint(0, c.vocab_size, {2, 9}, at::kLong);
     const at::Tensor pos = test::arange_positions(2, 9);
