@@ -137,19 +137,27 @@ TEST_CASE("CUDA model == CPU model: prefill and decode through the fused kernels
   CHECK(max_diff(ref, decode(gpu, pb, 10, true, true, cg)) < 1e-4);
 }
 
+namespace {
+// A tiny model where every fused CUDA decode kernel runs (head_dim 64, GEMV rows multiples of 4,
+// K multiples of 16 bytes); Mistral with a sliding window shorter than the test's sequences.
+llm::ModelConfig fused_kernel_config(llm::Arch arch) {
+  llm::ModelConfig c = test::tiny_llm_config(arch);
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.head_dim = 64;
+  c.vocab_size = 260;
+  if (arch == llm::Arch::mistral) c.sliding_window = 6;
+  return c;
+}
+}  // namespace
+
 TEST_CASE("batched CUDA decode block (fused q/k/v GEMM, RoPE + cache write, decode attention) == "
           "the ATen decode step" *
           doctest::skip(!at::hasCUDA())) {
   // Batch 3, different tokens per row, every architecture: Model::decode_block_batched (used for
   // batch > 1, and for batch 1 where the GEMV kernels do not apply) against set_fused_decode(false).
   for (llm::Arch arch : {llm::Arch::llama, llm::Arch::qwen2, llm::Arch::mistral}) {
-    llm::ModelConfig c = test::tiny_llm_config(arch);
-    c.hidden_size = 256;
-    c.intermediate_size = 512;
-    c.head_dim = 64;
-    c.vocab_size = 260;
-    if (arch == llm::Arch::mistral) c.sliding_window = 6;
-    const llm::ModelFile f = test::tiny_llm_file(c);
+    const llm::ModelFile f = test::tiny_llm_file(fused_kernel_config(arch));
     for (const char* dt : {"float32", "bfloat16"}) {
       const int a = static_cast<int>(arch);
       CAPTURE(a);
@@ -184,13 +192,7 @@ TEST_CASE("fused batch-1 decode block == the ATen decode step, every architectur
   // Shapes where every fused kernel runs (head_dim 64, GEMV rows multiples of 4, K multiples of
   // 16 bytes); teacher-forced tokens so that both runs see the same sequence.
   for (llm::Arch arch : {llm::Arch::llama, llm::Arch::qwen2, llm::Arch::mistral}) {
-    llm::ModelConfig c = test::tiny_llm_config(arch);
-    c.hidden_size = 256;
-    c.intermediate_size = 512;
-    c.head_dim = 64;
-    c.vocab_size = 260;
-    if (arch == llm::Arch::mistral) c.sliding_window = 6;
-    const llm::ModelFile f = test::tiny_llm_file(c);
+    const llm::ModelFile f = test::tiny_llm_file(fused_kernel_config(arch));
     for (const char* dt : {"float32", "bfloat16"}) {
       const int a = static_cast<int>(arch);
       CAPTURE(a);
