@@ -8,6 +8,7 @@
 
 #include <filesystem>
 
+#include "mos_test_util.hpp"
 #include "../llm/tiny_model.hpp"
 #include "../test_util.hpp"
 #include "kvlab/binary/binarize.hpp"
@@ -35,15 +36,7 @@ class StopAfter : public core::NullProgress {
   std::int64_t at_, done_ = 0;
 };
 
-binary::MosParams random_params(std::int64_t in, std::int64_t out, std::int64_t e, bool bias) {
-  binary::MosParams p;
-  p.weight = at::randn({out, in});
-  p.s_in = at::rand({e, in}) + 0.5;
-  p.s_out = at::rand({e, out}) * 0.1 + 0.01;
-  if (e > 1) p.router = at::randn({e, in}) * 0.3;
-  if (bias) p.bias = at::randn({out});
-  return p;
-}
+using test::random_params;
 
 // Largest difference between two runs' latent tensors, over the names containing `only` (all: "").
 double max_latent_diff(const binary::BinarizeResult& a, const binary::BinarizeResult& b,

@@ -8,6 +8,7 @@
 
 #include <vector>
 
+#include "mos_test_util.hpp"
 #include "../test_util.hpp"
 #include "kvlab/binary/mos.hpp"
 
@@ -15,15 +16,7 @@ using namespace kvlab;
 
 namespace {
 
-binary::MosParams random_params(std::int64_t in, std::int64_t out, std::int64_t e, bool bias) {
-  binary::MosParams p;
-  p.weight = at::randn({out, in});
-  p.s_in = at::rand({e, in}) + 0.5;
-  p.s_out = at::rand({e, out}) * 0.1 + 0.01;
-  if (e > 1) p.router = at::randn({e, in}) * 0.3;
-  if (bias) p.bias = at::randn({out});
-  return p;
-}
+using test::random_params;
 
 at::Tensor half_round(const at::Tensor& t) {
   return t.defined() ? t.to(at::kHalf).to(at::kFloat) : t;
